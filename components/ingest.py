@@ -1,0 +1,65 @@
+"""Ingest step: read an EGD-CXR release, validate it, pack it into the training store.
+
+The validation report is written either way: inside the store on success, beside it
+(``<out>.validation.{json,html}``) on failure, so a failed ingest leaves no dataset behind.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.ingest_checks import ValidationFailed, validate_egd
+from model_lib.config import DataConfig
+from model_lib.data.egd_cxr import load_egd_cxr
+from model_lib.data.packing import pack_dataset, read_image_headers
+from model_lib.data.splits import assign_splits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    store: Path
+    split_counts: dict[str, int]
+    report_json: Path
+    report_html: Path
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in self.split_counts.items())
+        return f"packed store {self.store} ({counts}); validation report {self.report_html}"
+
+
+def run_ingest(
+    egd_root: Path,
+    images_root: Path,
+    out: Path,
+    cfg: DataConfig,
+    *,
+    workers: int = 2,
+    expected_images: int | None = None,
+    progress: bool = True,
+) -> IngestResult:
+    out = Path(out)
+    tables = load_egd_cxr(Path(egd_root), Path(images_root))
+    log.info("read %d images, %d gaze samples, %d fixations from %s", len(tables.master),
+             len(tables.gaze), len(tables.fixations), egd_root)  # fmt: skip
+    report = validate_egd(tables, read_image_headers(tables), expected_images=expected_images)
+    if not report.success:
+        failed_json, failed_html = _report_paths(out.parent, f"{out.name}.validation")
+        report.write(failed_json, failed_html)
+        raise ValidationFailed(report, failed_html)
+    splits = assign_splits(tables.master, cfg.split)
+    summary = pack_dataset(
+        tables, splits, cfg.scaled_geometry(), out, workers=workers, progress=progress
+    )
+    report_json, report_html = _report_paths(out, "validation")
+    report.write(report_json, report_html)
+    for stale in _report_paths(out.parent, f"{out.name}.validation"):
+        stale.unlink(missing_ok=True)
+    return IngestResult(out, summary.split_counts, report_json, report_html)
+
+
+def _report_paths(folder: Path, stem: str) -> tuple[Path, Path]:
+    return folder / f"{stem}.json", folder / f"{stem}.html"

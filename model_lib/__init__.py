@@ -1,0 +1,1 @@
+"""cxr-gaze model library: data, models, losses, metrics and training. Pure computation."""

@@ -1,0 +1,114 @@
+"""Typed configuration: one frozen pydantic model per concern, filled from params.yaml or a preset.
+
+Unknown keys are rejected so a typo in params.yaml fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GeometryConfig(_Config):
+    """Paper geometry: fit into a centred canvas, then sample down to the target size."""
+
+    target_hw: tuple[int, int] = (320, 256)
+    pad_to: tuple[int, int] = (3200, 2560)
+    resample: Literal["subsample", "area"] = Field(
+        "subsample",
+        description="'subsample' takes every k-th canvas pixel (the paper); 'area' averages blocks.",
+    )
+
+    @model_validator(mode="after")
+    def _positive(self) -> GeometryConfig:
+        if min(*self.target_hw, *self.pad_to) <= 0:
+            raise ValueError("target_hw and pad_to must be positive")
+        if self.target_hw[0] > self.pad_to[0] or self.target_hw[1] > self.pad_to[1]:
+            raise ValueError(f"target_hw {self.target_hw} is larger than pad_to {self.pad_to}")
+        return self
+
+
+class HeatmapConfig(_Config):
+    """Which gaze events make the ground-truth map, and how wide the blur is."""
+
+    source: Literal["gaze", "fixations", "fixations_duration"] = Field(
+        "gaze",
+        description="raw gaze samples (the paper), fixations counted, or fixations weighted by duration",
+    )
+    sigma_px: float = Field(75.5, gt=0, description="Gaussian sigma in native DICOM pixels")
+    sigma_deg: float | None = Field(
+        None, gt=0, description="if set, sigma in degrees of visual angle (overrides sigma_px)"
+    )
+    viewing_distance_mm: float = Field(650.0, gt=0)
+    screen_width_mm: float = Field(596.7, gt=0, description="Dell S2719DGF active width")
+
+
+class SplitConfig(_Config):
+    """Patient-grouped, class-stratified split."""
+
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        if any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1.0) > 1e-9:
+            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {self.fractions}")
+        return self
+
+
+class DataConfig(_Config):
+    geometry: GeometryConfig = GeometryConfig()
+    heatmap: HeatmapConfig = HeatmapConfig()
+    split: SplitConfig = SplitConfig()
+    native_scale: float = Field(
+        1.0,
+        gt=0,
+        le=1.0,
+        description="size of the images relative to real MIMIC-CXR: 1 for real data, the synthetic "
+        "--scale for scaled-down synthetic data. The canvas and the native-pixel sigma scale with it "
+        "so a scaled image fills the target like a real one.",
+    )
+
+    def scaled_geometry(self) -> GeometryConfig:
+        """Geometry with the canvas scaled to the images' size."""
+        h, w = self.geometry.pad_to
+        pad_to = (round(h * self.native_scale), round(w * self.native_scale))
+        return self.geometry.model_copy(update={"pad_to": pad_to})
+
+    def scaled_heatmap(self) -> HeatmapConfig:
+        """Heatmap settings with the native-pixel sigma scaled to the images' size."""
+        return self.heatmap.model_copy(update={"sigma_px": self.heatmap.sigma_px * self.native_scale})
+
+
+class SynthConfig(_Config):
+    """The synthetic release the demo and the tests use."""
+
+    n_images: int = Field(300, ge=3)
+    seed: int = 0
+    scale: float = Field(0.25, gt=0, le=1.0)
+
+
+class Params(_Config):
+    """Everything in params.yaml."""
+
+    synth: SynthConfig = SynthConfig()
+    data: DataConfig = DataConfig()
+
+
+def load_params(path: Path) -> Params:
+    """Read params.yaml; a missing file means the defaults, an unknown key is an error."""
+    path = Path(path)
+    if not path.exists():
+        return Params()
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ValueError(f"{path}: {err}") from err

@@ -1,0 +1,1 @@
+"""EGD-CXR data: schemas, geometry, gaze heatmaps, DICOM decoding, the packed store."""

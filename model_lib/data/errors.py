@@ -1,0 +1,32 @@
+"""The one error type for bad input data: it always names the file, and the row or field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Input data that cannot be used as given.
+
+    ``row`` is the 1-based record number in the file (the header excluded; a quoted field with
+    newlines is still one record), so users can find it with a CSV reader.
+    """
+
+    def __init__(
+        self,
+        file: str | Path,
+        message: str,
+        *,
+        row: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.file = str(file)
+        self.row = row
+        self.field = field
+        self.message = message
+        where = self.file
+        if row is not None:
+            where += f", record {row}"
+        if field is not None:
+            where += f", field '{field}'"
+        super().__init__(f"{where}: {message}")

@@ -1,0 +1,1 @@
+"""The KFP DAG, its local and cluster runners, data-version operations and the CLI."""
