@@ -23,7 +23,7 @@ class GeometryConfig(_Config):
     pad_to: tuple[int, int] = (3200, 2560)
     resample: Literal["subsample", "area"] = Field(
         "subsample",
-        description="'subsample' takes every k-th canvas pixel (the paper); 'area' averages blocks.",
+        description="'subsample' takes every k-th canvas pixel (the paper); 'area' averages",
     )
 
     @model_validator(mode="after")
@@ -40,7 +40,7 @@ class HeatmapConfig(_Config):
 
     source: Literal["gaze", "fixations", "fixations_duration"] = Field(
         "gaze",
-        description="raw gaze samples (the paper), fixations counted, or fixations weighted by duration",
+        description="raw gaze samples (the paper), fixations counted, or weighted by duration",
     )
     sigma_px: float = Field(75.5, gt=0, description="Gaussian sigma in native DICOM pixels")
     sigma_deg: float | None = Field(
@@ -71,9 +71,9 @@ class DataConfig(_Config):
         1.0,
         gt=0,
         le=1.0,
-        description="size of the images relative to real MIMIC-CXR: 1 for real data, the synthetic "
-        "--scale for scaled-down synthetic data. The canvas and the native-pixel sigma scale with it "
-        "so a scaled image fills the target like a real one.",
+        description="size of the images relative to real MIMIC-CXR: 1 for real data, the "
+        "synthetic --scale for scaled-down synthetic data. The canvas and the native-pixel sigma "
+        "scale with it so a scaled image fills the target like a real one.",
     )
 
     def scaled_geometry(self) -> GeometryConfig:
@@ -84,7 +84,9 @@ class DataConfig(_Config):
 
     def scaled_heatmap(self) -> HeatmapConfig:
         """Heatmap settings with the native-pixel sigma scaled to the images' size."""
-        return self.heatmap.model_copy(update={"sigma_px": self.heatmap.sigma_px * self.native_scale})
+        return self.heatmap.model_copy(
+            update={"sigma_px": self.heatmap.sigma_px * self.native_scale}
+        )
 
 
 class SynthConfig(_Config):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 
@@ -30,3 +31,8 @@ class DataError(ValueError):
         if field is not None:
             where += f", field '{field}'"
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self) -> tuple[partial[DataError], tuple[str, str]]:
+        # Process pools pickle exceptions; the default rebuilds from ``args`` (the formatted
+        # text alone), which does not match this constructor.
+        return partial(type(self), row=self.row, field=self.field), (self.file, self.message)

@@ -1,0 +1,35 @@
+"""`python -m bench`: run every benchmark, print a table, write bench/results.json.
+
+Each case module exposes ``run() -> list[dict]`` with keys name, value, unit, baseline, ratio,
+target, machine, date: the ratio is always against a baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+CASES = ("bench.heatmap",)
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def main(names: list[str]) -> int:
+    rows = []
+    for module_name in names or CASES:
+        rows.extend(importlib.import_module(module_name).run())
+    print(f"\n{'case':44} {'value':>12} {'baseline':>12} {'ratio':>9} {'target':>8}")
+    for r in rows:
+        print(f"{r['name']:44} {r['value']:>10.4g}{r['unit'][:2]:>2} {r['baseline']:>12.4g} "
+              f"{r['ratio']:>9.1f} {r['target']!s:>8}")  # fmt: skip
+    tmp = RESULTS.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, RESULTS)
+    print(f"\nwrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
