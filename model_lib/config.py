@@ -114,3 +114,50 @@ def load_params(path: Path) -> Params:
         return Params.model_validate(raw)
     except ValidationError as err:
         raise ValueError(f"{path}: {err}") from err
+
+
+DENSENET_ARCHS: frozenset[str] = frozenset({"dual_unet", "plain_unet"})
+"""Architectures with a DenseNet branch (bottleneck, DenseNet head, pretrained weights)."""
+
+
+class ModelConfig(_Config):
+    """Which network to build and how wide. ``paper`` is the defaults.
+
+    Archs: ``dual_unet`` the paper (DenseNet + Res+SE encoders); ``plain_unet`` the ablation with
+    the plain UNet encoder in place of the Res+SE one; ``res_se_unet`` the ablation without
+    DenseNet; ``mt_unet`` the MT-UNet baseline (one plain UNet encoder, Zhu et al. 2022).
+    """
+
+    arch: Literal["dual_unet", "mt_unet", "res_se_unet", "plain_unet"] = "dual_unet"
+    backbone: Literal["densenet201", "densenet121"] = "densenet201"
+    width: float = Field(
+        1.0, gt=0, description="multiplier of the Res+SE / plain encoder and decoder widths"
+    )
+    input_hw: tuple[int, int] = (320, 256)
+    num_classes: int = Field(3, ge=2)
+    dropout: float = Field(0.25, ge=0, lt=1)
+    se_reduction: int = Field(16, ge=1)
+    pretrained_weights: str | None = Field(
+        None,
+        description="local path or file:// URI of a torchvision DenseNet state dict; never fetched",
+    )
+    classifier: Literal["densenet", "fusion"] = Field(
+        "fusion", description="which class head the model reports as 'logits'"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        has_densenet = self.arch in DENSENET_ARCHS
+        # DenseNet's deepest map is at 1/32, the UNet encoders' at 1/16.
+        min_side = 32 if has_densenet else 16
+        if min(self.input_hw) < min_side:
+            raise ValueError(
+                f"input_hw {self.input_hw} is below {min_side} px for arch {self.arch}"
+            )
+        if not has_densenet and self.classifier == "densenet":
+            raise ValueError(
+                f"classifier 'densenet' needs a DenseNet branch; arch {self.arch} has none"
+            )
+        if not has_densenet and self.pretrained_weights is not None:
+            raise ValueError(f"pretrained_weights is set but arch {self.arch} has no DenseNet")
+        return self

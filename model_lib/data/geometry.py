@@ -59,7 +59,9 @@ def screen_to_native(
     h_even, w_even = even_shape(native_hw)
     eye_x = np.asarray(fpog_x, dtype=np.float64) * screen_w
     eye_y = np.asarray(fpog_y, dtype=np.float64) * screen_h
-    inside = (left < eye_x) & (eye_x < screen_w - right) & (top < eye_y) & (eye_y < screen_h - bottom)
+    inside = (
+        (left < eye_x) & (eye_x < screen_w - right) & (top < eye_y) & (eye_y < screen_h - bottom)
+    )
     x_shown = np.where(inside, eye_x - left, -1.0)
     y_shown = np.where(inside, eye_y - top, -1.0)
     x = np.trunc(w_even / (screen_w - left - right) * x_shown).astype(np.int64)

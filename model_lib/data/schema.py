@@ -21,9 +21,7 @@ PAD_COLUMNS: tuple[str, ...] = (
     "image_right_pad",
 )
 
-DX_COLUMNS: tuple[str, ...] = tuple(
-    name for k in range(1, 10) for name in (f"dx{k}", f"dx{k}_icd")
-)
+DX_COLUMNS: tuple[str, ...] = tuple(name for k in range(1, 10) for name in (f"dx{k}", f"dx{k}_icd"))
 
 REPORT_LABEL_COLUMNS: tuple[str, ...] = (
     "consolidation",
