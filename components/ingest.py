@@ -52,10 +52,16 @@ def run_ingest(
         raise ValidationFailed(report, failed_html)
     splits = assign_splits(tables.master, cfg.split)
     summary = pack_dataset(
-        tables, splits, cfg.scaled_geometry(), out, workers=workers, progress=progress
+        tables,
+        splits,
+        cfg.scaled_geometry(),
+        out,
+        workers=workers,
+        progress=progress,
+        params={"data": cfg.model_dump(mode="json"), "egd_root": str(egd_root)},
+        write_extras=lambda folder: report.write(*_report_paths(folder, "validation")),
     )
     report_json, report_html = _report_paths(out, "validation")
-    report.write(report_json, report_html)
     for stale in _report_paths(out.parent, f"{out.name}.validation"):
         stale.unlink(missing_ok=True)
     return IngestResult(out, summary.split_counts, report_json, report_html)

@@ -33,12 +33,18 @@ _state = {"verbose": False}
 
 @app.callback()
 def main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
 ) -> None:
     _state["verbose"] = verbose
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    if not verbose:
+        # Third-party libraries narrate their internals at INFO; keep our own story readable.
+        for noisy in ("great_expectations", "dvc", "mlflow", "kfp", "urllib3", "botocore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def user_errors(func: F) -> F:
@@ -161,4 +167,6 @@ def demo(
                          overwrite=True)  # fmt: skip
     ingested = run_ingest(raw / "egd-cxr", raw / "mimic-cxr", workdir / "store", cfg.data)
     maps = run_heatmaps(ingested.store, workdir / "heatmaps", cfg.data)
-    typer.echo("\n".join(["", "demo finished:", f"  {ingested.describe()}", f"  {maps.describe()}"]))
+    typer.echo(
+        "\n".join(["", "demo finished:", f"  {ingested.describe()}", f"  {maps.describe()}"])
+    )

@@ -40,7 +40,9 @@ def test_components_do_not_import_pipelines(path: Path) -> None:
 
 def test_nothing_shadows_the_real_packages() -> None:
     assert not (ROOT / "mlflow" / "__init__.py").exists()
-    shadows = [p for p in ROOT.rglob("*.py") if p.name in SHADOWING_NAMES and ".venv" not in p.parts]
+    shadows = [
+        p for p in ROOT.rglob("*.py") if p.name in SHADOWING_NAMES and ".venv" not in p.parts
+    ]
     assert not shadows, shadows
 
 

@@ -64,7 +64,9 @@ def load_egd_cxr(egd_root: Path, images_root: Path) -> EgdTables:
     if not images_root.is_dir():
         raise DataError(images_root, "images root is not a directory")
     master = read_master_sheet(egd_root / "master_sheet.csv")
-    fixations, calibration_fixations = split_calibration(read_gaze_table(egd_root / "fixations.csv"))
+    fixations, calibration_fixations = split_calibration(
+        read_gaze_table(egd_root / "fixations.csv")
+    )
     gaze, calibration_gaze = split_calibration(read_gaze_table(egd_root / "eye_gaze.csv"))
     transcripts, phrases = read_transcripts(
         egd_root / "audio_segmentation_transcripts", master["dicom_id"]
@@ -116,8 +118,8 @@ def read_gaze_table(path: Path) -> pd.DataFrame:
         df = _read_csv_text(path, schema.GAZE_COLUMNS)
         for col in numeric:
             df[col] = _to_number(df[col], path, col, integer=False, nullable=True)
-        return df
-    df.index = pd.RangeIndex(1, len(df) + 1)
+    else:
+        df.index = pd.RangeIndex(1, len(df) + 1)
     if df["DICOM_ID"].isna().any():
         raise DataError(path, "empty value", row=int(df.index[df["DICOM_ID"].isna()][0]),
                         field="DICOM_ID")  # fmt: skip

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +55,10 @@ def read_image_headers(tables: EgdTables) -> pd.DataFrame:
     """
     rows = []
     master_path = tables.egd_root / "master_sheet.csv"
-    for record, dicom_id in tables.master["dicom_id"].items():
-        path = Path(tables.image_paths[dicom_id])
+    # Positional: a duplicated dicom_id must reach validation, not break a lookup here.
+    paths = tables.image_paths.to_numpy()
+    for (record, dicom_id), path in zip(tables.master["dicom_id"].items(), paths, strict=True):
+        path = Path(path)
         if not path.is_file():
             raise DataError(master_path, f"image file not found: {path}", row=int(record),
                             field="path")  # fmt: skip
@@ -81,21 +83,25 @@ def pack_dataset(
     *,
     workers: int = 2,
     progress: bool = True,
+    params: dict | None = None,
+    write_extras: Callable[[Path], None] | None = None,
 ) -> PackSummary:
     """Decode, transform and write every image with its gaze events into a packed store.
 
     ``splits`` maps dicom_id -> "train" | "val" | "test" (see ``splits.assign_splits``).
-    The store appears at ``out_dir`` only when everything was written.
+    ``params`` are recorded in store.json; ``write_extras(folder)`` may add files (a report) to
+    the store before it is committed. The store appears at ``out_dir`` only when complete.
     """
     master = tables.master.assign(
-        label=class_labels(tables.master), split=splits.reindex(tables.master["dicom_id"]).to_numpy()
+        label=class_labels(tables.master),
+        split=splits.reindex(tables.master["dicom_id"]).to_numpy(),
     )
     if master["split"].isna().any():
         raise ValueError("every master-sheet image needs a split")
     events = _events_by_image(tables)
     counts = {name: int((master["split"] == name).sum()) for name in SPLITS}
-    jobs = [(Path(tables.image_paths[d]), geometry) for d in master["dicom_id"]]
-    with StoreWriter(out_dir, geometry, counts) as writer:
+    jobs = [(Path(p), geometry) for p in tables.image_paths.to_numpy()]
+    with StoreWriter(out_dir, geometry, counts, params) as writer:
         decoded = _decode_all(jobs, workers)
         bar = tqdm(decoded, total=len(jobs), desc="ingest", unit="img", disable=not progress)
         for (_, row), (image, transform, sha) in zip(master.iterrows(), bar, strict=True):
@@ -113,6 +119,8 @@ def pack_dataset(
                 },
                 events.get(row["dicom_id"], _EMPTY_EVENTS),
             )
+        if write_extras is not None:
+            write_extras(writer.tmp_dir)
     log.info("wrote packed store %s: %s", out_dir, counts)
     return PackSummary(out_dir, counts, n_gaze=len(tables.gaze), n_fixations=len(tables.fixations))
 
