@@ -285,8 +285,14 @@ def heatmap_for_events(
             screen_width_mm=cfg.screen_width_mm,
         )
     points = np.column_stack([np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)])
+    # The released mapping marks off-image gaze as (-1, -1) scaled and truncated toward zero:
+    # small negatives on real images, but exactly (0, 0) on images under about a third of real
+    # size. Drop that marker so it never becomes a blob in the corner.
+    on_image = ~((points[:, 0] == 0) & (points[:, 1] == 0))
+    if weights is not None:
+        weights = weights[on_image]
     return gaze_heatmap(
-        points,
+        points[on_image],
         native_hw,
         out_hw=geometry.target_hw,
         sigma_px=sigma,

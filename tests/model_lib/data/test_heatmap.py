@@ -241,3 +241,18 @@ def test_event_weights():
         event_weights("fixations_duration", None)
     with pytest.raises(ValueError, match="unknown heatmap source 'saccades'"):
         event_weights("saccades", durations)
+
+
+def test_the_released_off_image_marker_is_not_gaze_on_small_images() -> None:
+    # On images under about a third of real size the released mapping truncates the
+    # off-image marker (-1, -1) to exactly (0, 0); it must not paint the corner.
+    from model_lib.config import GeometryConfig, HeatmapConfig
+    from model_lib.data.heatmap import heatmap_for_events
+
+    geometry = GeometryConfig(target_hw=(40, 32), pad_to=(800, 640))
+    cfg = HeatmapConfig(sigma_px=18.9)
+    x = np.array([300.0, 310.0, 0.0, 0.0, 0.0])
+    y = np.array([380.0, 390.0, 0.0, 0.0, 0.0])
+    with_marker = heatmap_for_events(x, y, None, "gaze", (764, 636), cfg, geometry)
+    without = heatmap_for_events(x[:2], y[:2], None, "gaze", (764, 636), cfg, geometry)
+    np.testing.assert_array_equal(with_marker, without)
