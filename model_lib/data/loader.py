@@ -20,7 +20,7 @@ from model_lib.data.store import IMAGE_SCALE, PackedStore
 
 @dataclass(frozen=True)
 class SplitArrays:
-    """One split, ready for batching: images (N, H, W) uint16, maps (N, H, W) float16, labels (N,)."""
+    """One split for batching: images (N, H, W) uint16, maps (N, H, W) float16, labels (N,)."""
 
     images: np.ndarray
     maps: np.ndarray

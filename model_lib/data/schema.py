@@ -119,19 +119,24 @@ TIMETICK_COLUMN = "TIMETICK(f=10000000)"
 VALIDITY_COLUMNS: tuple[str, ...] = ("FPOGV", "BPOGV", "LPV", "RPV", "LPMMV", "RPMMV")
 
 BBOX_COLUMNS: tuple[str, ...] = ("dicom_id", "bbox_name", "x1", "x2", "y1", "y2")
-BBOX_NAMES: tuple[str, ...] = tuple(
-    f"{side} {part}"
-    for side in ("left", "right")
-    for part in (
-        "clavicle",
-        "costophrenic angle",
-        "hilar structures",
-        "upper lung zone",
-        "mid lung zone",
-        "lower lung zone",
-        "lung",
-    )
-) + ("cardiac silhouette", "trachea", "upper mediastinum")
+BBOX_NAMES: tuple[str, ...] = (
+    *(
+        f"{side} {part}"
+        for side in ("left", "right")
+        for part in (
+            "clavicle",
+            "costophrenic angle",
+            "hilar structures",
+            "upper lung zone",
+            "mid lung zone",
+            "lower lung zone",
+            "lung",
+        )
+    ),
+    "cardiac silhouette",
+    "trachea",
+    "upper mediastinum",
+)
 """The 17 anatomical box names (Chest ImaGenome style)."""
 
 TRANSCRIPT_MASKS: tuple[str, ...] = (
