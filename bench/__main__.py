@@ -20,15 +20,20 @@ def main(names: list[str]) -> int:
     rows = []
     for module_name in names or CASES:
         rows.extend(importlib.import_module(module_name).run())
-    print(f"\n{'case':44} {'value':>12} {'baseline':>12} {'ratio':>9} {'target':>8}")
+    print(f"\n{'case':46} {'value':>14} {'baseline':>12} {'ratio':>9} {'target':>8}")
     for r in rows:
-        print(f"{r['name']:44} {r['value']:>10.4g}{r['unit'][:2]:>2} {r['baseline']:>12.4g} "
-              f"{r['ratio']:>9.1f} {r['target']!s:>8}")  # fmt: skip
+        value = f"{r['value']:.6g} {r['unit']}"
+        print(f"{r['name']:46} {value:>14} {_num(r['baseline']):>12} {_num(r['ratio']):>9} "
+              f"{_num(r['target']):>8}")  # fmt: skip
     tmp = RESULTS.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, RESULTS)
     print(f"\nwrote {RESULTS}")
     return 0
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4g}"
 
 
 if __name__ == "__main__":
