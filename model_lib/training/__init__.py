@@ -1,0 +1,31 @@
+"""Multi-stage cooperative learning: stages as data, one fit loop, checkpoints that resume
+exactly, mixed precision, and inference helpers. Nothing here logs: callers pass callbacks."""
+
+from model_lib.training.callbacks import Callback
+from model_lib.training.chain import run_stages, split_loaders
+from model_lib.training.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from model_lib.training.evaluate import predict, stage_val_loss
+from model_lib.training.fit import BEST_CHECKPOINT, LAST_CHECKPOINT, FitResult, fit_stage
+from model_lib.training.precision import PrecisionPlan, cpu_has_bf16_units, resolve_precision
+from model_lib.training.stages import PAPER_STAGES, StageSpec, frozen_parts
+
+__all__ = [
+    "BEST_CHECKPOINT",
+    "LAST_CHECKPOINT",
+    "PAPER_STAGES",
+    "Callback",
+    "FitResult",
+    "PrecisionPlan",
+    "StageSpec",
+    "cpu_has_bf16_units",
+    "fit_stage",
+    "frozen_parts",
+    "load_checkpoint",
+    "load_model_weights",
+    "predict",
+    "resolve_precision",
+    "run_stages",
+    "save_checkpoint",
+    "split_loaders",
+    "stage_val_loss",
+]
