@@ -1,0 +1,438 @@
+"""Promote step: the champion/challenger gate and the alias moves.
+
+- :func:`load_policy` reads ``mlflow/promotion.yaml``.
+- :func:`decide` is pure: challenger and champion :class:`~components.scores.Scores` on the same
+  test images in, a :class:`Decision` with one reason per check out.
+- :func:`promote` applies a decision to the registry: on approval ``previous_champion`` takes the
+  old champion and ``champion`` moves to the challenger; either way the version is tagged
+  ``validation_status`` with the reasons. It re-reads the aliases before moving anything, so a
+  re-run finishes an interrupted promotion and never moves an alias twice.
+- :func:`run_promotion` is the whole step: load both models, score them, decide, promote.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from components.model_package import load_registered_model
+from components.registry import (
+    CHAMPION,
+    MODEL_NAME,
+    PREVIOUS_CHAMPION,
+    VALIDATION_STATUS_TAG,
+    registry_client,
+    utc_now,
+    version_by_alias,
+)
+from components.scores import Scores, scores_for_model
+from model_lib.metrics import bootstrap_auc_difference, paired_t_test
+
+logger = logging.getLogger(__name__)
+
+APPROVED, REJECTED = "approved", "rejected"
+REASONS_TAG, DETAILS_TAG, VALIDATED_AT_TAG = (
+    "validation_reasons",
+    "validation_details",
+    "validated_at",
+)
+ALIAS_HISTORY_TAG = "alias_history"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Floors(_Strict):
+    """Absolute minimums on the test split, with or without a champion."""
+
+    auc_macro: float = Field(ge=0, le=1)
+    cc_mean: float = Field(ge=-1, le=1)
+
+
+class AucRule(_Strict):
+    min_delta: float = Field(ge=-1, le=1, description="AUC(challenger) - AUC(champion) >= this")
+    min_ci_low: float = Field(ge=-1, le=1, description="lower CI bound of that delta >= this")
+
+
+class CcRule(_Strict):
+    min_delta: float = Field(ge=-2, le=2, description="mean CC(challenger) - (champion) >= this")
+
+
+class VersusChampion(_Strict):
+    auc_macro: AucRule
+    cc_mean: CcRule
+    alpha: float = Field(gt=0, lt=1, description="p-value at or below which a gain counts")
+    require_significant_improvement: bool
+
+
+class BootstrapSettings(_Strict):
+    n_boot: int = Field(ge=100)
+    seed: int = Field(ge=0)
+    confidence: float = Field(gt=0, lt=1)
+
+
+class PromotionPolicy(_Strict):
+    """``mlflow/promotion.yaml``; see the comments there."""
+
+    floors: Floors
+    versus_champion: VersusChampion
+    bootstrap: BootstrapSettings
+
+
+def load_policy(path: Path) -> PromotionPolicy:
+    """Read a promotion policy; unknown or missing keys are errors.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not YAML, or not a valid policy (the message names the file and the field).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no promotion policy there")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return PromotionPolicy.model_validate(raw)
+    except (yaml.YAMLError, ValidationError) as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The gate's verdict. ``reasons``: one line per check, ``pass: ...`` or ``fail: ...``.
+    ``details``: the numbers behind them (JSON-serialisable), including ``champion_version``
+    (None without a champion, or when the caller did not say) and ``compared_to_champion``."""
+
+    approved: bool
+    reasons: list[str]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"approved": self.approved, "reasons": list(self.reasons), "details": self.details}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Decision:
+        return cls(bool(raw["approved"]), list(raw["reasons"]), dict(raw["details"]))
+
+    def tags(self) -> dict[str, str]:
+        """The version tags that record this decision (see :func:`promote`)."""
+        return {
+            VALIDATION_STATUS_TAG: APPROVED if self.approved else REJECTED,
+            REASONS_TAG: "\n".join(self.reasons),
+            DETAILS_TAG: json.dumps(self.details, sort_keys=True),
+        }
+
+    @classmethod
+    def from_tags(cls, tags: dict[str, str]) -> Decision:
+        """The decision a version's tags record."""
+        return cls(
+            approved=tags[VALIDATION_STATUS_TAG] == APPROVED,
+            reasons=tags.get(REASONS_TAG, "").splitlines(),
+            details=json.loads(tags.get(DETAILS_TAG, "{}")),
+        )
+
+
+def _check(reasons: list[str], ok: bool, text: str) -> bool:
+    reasons.append(f"{'pass' if ok else 'fail'}: {text}")
+    return ok
+
+
+def _at_least(value: float, bound: float) -> bool:
+    """``value >= bound``, False for NaN."""
+    return not math.isnan(value) and value >= bound
+
+
+def _check_same_images(challenger: Scores, champion: Scores) -> None:
+    if challenger.n != champion.n or not np.array_equal(challenger.labels, champion.labels):
+        raise ValueError(
+            f"challenger ({challenger.n} images) and champion ({champion.n} images) were not "
+            "scored on the same labelled images"
+        )
+    if (
+        challenger.images_sha256
+        and champion.images_sha256
+        and challenger.images_sha256 != champion.images_sha256
+    ):
+        raise ValueError("challenger and champion were scored on different images (fingerprints)")
+
+
+def _versus_champion(
+    policy: PromotionPolicy, challenger: Scores, champion: Scores, reasons: list[str]
+) -> tuple[bool, dict[str, Any]]:
+    """The relative checks; returns whether all passed and their numbers."""
+    rule, boot = policy.versus_champion, policy.bootstrap
+    auc = bootstrap_auc_difference(
+        challenger.probabilities,
+        champion.probabilities,
+        challenger.labels,
+        n_boot=boot.n_boot,
+        seed=boot.seed,
+        confidence=boot.confidence,
+    )
+    cc_delta = float(np.mean(challenger.cc - champion.cc))
+    t, p_cc = paired_t_test(challenger.cc, champion.cc)
+    ok = _check(
+        reasons,
+        _at_least(auc["delta"], rule.auc_macro.min_delta),
+        f"macro AUC delta {auc['delta']:+.4f} vs champion >= {rule.auc_macro.min_delta:+.4f}",
+    )
+    ok &= _check(
+        reasons,
+        _at_least(auc["ci_low"], rule.auc_macro.min_ci_low),
+        f"macro AUC delta {boot.confidence:.0%} CI [{auc['ci_low']:+.4f}, "
+        f"{auc['ci_high']:+.4f}] lower bound >= {rule.auc_macro.min_ci_low:+.4f}",
+    )
+    ok &= _check(
+        reasons,
+        _at_least(cc_delta, rule.cc_mean.min_delta),
+        f"mean CC delta {cc_delta:+.4f} vs champion >= {rule.cc_mean.min_delta:+.4f}",
+    )
+    auc_gain = auc["delta"] > 0 and auc["p_value"] <= rule.alpha
+    cc_gain = cc_delta > 0 and p_cc <= rule.alpha
+    gains = [name for name, gain in (("macro AUC", auc_gain), ("mean CC", cc_gain)) if gain]
+    named = ", ".join(gains) or "none"
+    if rule.require_significant_improvement:
+        ok &= _check(
+            reasons,
+            auc_gain or cc_gain,
+            f"significant improvement at alpha={rule.alpha}: {named} "
+            f"(AUC bootstrap p={auc['p_value']:.4g}, CC paired t-test p={p_cc:.4g})",
+        )
+    else:
+        reasons.append(
+            f"info: significant improvement at alpha={rule.alpha}: {named} "
+            f"(AUC bootstrap p={auc['p_value']:.4g}, CC paired t-test p={p_cc:.4g})"
+        )
+    numbers = {
+        "auc_bootstrap": auc,
+        "cc_delta": cc_delta,
+        "cc_t": t,
+        "cc_p_value": p_cc,
+        "significant_auc_gain": auc_gain,
+        "significant_cc_gain": cc_gain,
+    }
+    return ok, numbers
+
+
+def decide(
+    policy: PromotionPolicy,
+    challenger: Scores,
+    champion: Scores | None,
+    *,
+    champion_version: str | None = None,
+) -> Decision:
+    """Judge the challenger: floors always, then the policy's rules against the champion.
+
+    Without a champion (the first model) the floors decide. A champion whose scores are not
+    finite cannot be compared with, and the floors decide too (with a reason saying so).
+
+    Args:
+        policy: thresholds, significance level and bootstrap settings.
+        challenger, champion: scores on the same test images (same labels, same fingerprint).
+        champion_version: the champion's version number, recorded so that :func:`promote` can
+            refuse a decision the registry has moved past.
+
+    Raises:
+        ValueError: the two were scored on different images.
+    """
+    summary = challenger.summary()
+    reasons: list[str] = []
+    ok = _check(reasons, challenger.finite, "challenger scores are finite")
+    ok &= _check(
+        reasons,
+        _at_least(summary["auc_macro"], policy.floors.auc_macro),
+        f"macro AUC {summary['auc_macro']:.4f} >= floor {policy.floors.auc_macro:.4f}",
+    )
+    ok &= _check(
+        reasons,
+        _at_least(summary["cc_mean"], policy.floors.cc_mean),
+        f"mean CC {summary['cc_mean']:.4f} >= floor {policy.floors.cc_mean:.4f}",
+    )
+    details: dict[str, Any] = {
+        "challenger": summary,
+        "champion_version": champion_version,
+        "compared_to_champion": champion is not None,
+        "policy": policy.model_dump(mode="json"),
+    }
+    if champion is None:
+        reasons.append("info: no champion; the floors decide")
+    else:
+        _check_same_images(challenger, champion)
+        details["champion"] = champion.summary()
+        if not champion.finite:
+            reasons.append("info: champion scores are not finite; the floors decide")
+        elif challenger.finite:
+            relative_ok, numbers = _versus_champion(policy, challenger, champion, reasons)
+            ok &= relative_ok
+            details.update(numbers)
+    return Decision(approved=bool(ok), reasons=reasons, details=details)
+
+
+@dataclass(frozen=True)
+class PromotionResult:
+    """After :func:`promote`: the version judged, the verdict, the aliases as they now are,
+    and the alias moves this call made (empty on a re-run that found them done)."""
+
+    version: str
+    approved: bool
+    champion: str | None
+    previous_champion: str | None
+    moves: tuple[str, ...]
+
+
+class StaleDecision(RuntimeError):
+    """The champion changed between the decision and the promotion; re-run the gate."""
+
+
+def _append_history(client: MlflowClient, model_name: str, version: str, line: str) -> None:
+    mv = client.get_model_version(model_name, version)
+    history = mv.tags.get(ALIAS_HISTORY_TAG)
+    value = f"{history}\n{line}" if history else line
+    client.set_model_version_tag(model_name, version, ALIAS_HISTORY_TAG, value)
+
+
+def _check_not_stale(decision: Decision, current: str | None, version: str) -> None:
+    if current is None or current == version:
+        return
+    if not decision.details.get("compared_to_champion", False):
+        raise StaleDecision(
+            f"version {version} was judged without a champion, but version {current} is "
+            "champion now; re-run the gate against it"
+        )
+    judged = decision.details.get("champion_version")
+    if judged is not None and str(judged) != current:
+        raise StaleDecision(
+            f"version {version} was judged against champion {judged}, but the champion is now "
+            f"version {current}; re-run the gate against it"
+        )
+
+
+def _model_version(
+    client: MlflowClient, model_name: str, version: str, tracking_uri: str
+) -> ModelVersion:
+    try:
+        return client.get_model_version(model_name, version)
+    except MlflowException as err:
+        raise LookupError(
+            f"{model_name} version {version} at {tracking_uri}: {err.message}"
+        ) from err
+
+
+def promote(
+    decision: Decision,
+    challenger_version: str | int,
+    *,
+    tracking_uri: str,
+    model_name: str = MODEL_NAME,
+) -> PromotionResult:
+    """Record ``decision`` on the version and, if approved, move the aliases.
+
+    Tags on the version: ``validation_status`` (``approved``/``rejected``),
+    ``validation_reasons`` (one per line), ``validation_details`` (JSON) and ``validated_at``
+    (left as they are when a re-run brings the same decision).
+    Every alias move appends ``<UTC time> <alias> -> v<N> (was ...)`` to the ``alias_history``
+    tag of the version that receives the alias.
+
+    Raises:
+        RegistryUnreachable: the tracking server does not answer.
+        LookupError: no such version.
+        StaleDecision: the champion changed since the decision was made.
+    """
+    version = str(challenger_version)
+    client = registry_client(tracking_uri)
+    mv = _model_version(client, model_name, version, tracking_uri)
+    current = version_by_alias(client, model_name, CHAMPION)
+    current_version = None if current is None else str(current.version)
+    if decision.approved:
+        _check_not_stale(decision, current_version, version)
+
+    now = utc_now()
+    tags = decision.tags()
+    # A re-run with the same verdict keeps the first record (and its time).
+    if any(mv.tags.get(k) != v for k, v in tags.items()):
+        for key, value in {**tags, VALIDATED_AT_TAG: now}.items():
+            client.set_model_version_tag(model_name, version, key, value)
+    logger.info("%s version %s %s", model_name, version, tags[VALIDATION_STATUS_TAG])
+
+    moves: list[str] = []
+    if decision.approved and current_version != version:
+        previous = version_by_alias(client, model_name, PREVIOUS_CHAMPION)
+        if current_version is not None and (
+            previous is None or str(previous.version) != current_version
+        ):
+            client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, current_version)
+            was = "none" if previous is None else f"v{previous.version}"
+            moves.append(f"{now} {PREVIOUS_CHAMPION} -> v{current_version} (was {was})")
+            _append_history(client, model_name, current_version, moves[-1])
+        client.set_registered_model_alias(model_name, CHAMPION, version)
+        was = "none" if current_version is None else f"v{current_version}"
+        moves.append(f"{now} {CHAMPION} -> v{version} (was {was})")
+        _append_history(client, model_name, version, moves[-1])
+        for move in moves:
+            logger.info("%s: %s", model_name, move)
+
+    champion = version_by_alias(client, model_name, CHAMPION)
+    previous = version_by_alias(client, model_name, PREVIOUS_CHAMPION)
+    return PromotionResult(
+        version=version,
+        approved=decision.approved,
+        champion=None if champion is None else str(champion.version),
+        previous_champion=None if previous is None else str(previous.version),
+        moves=tuple(moves),
+    )
+
+
+def run_promotion(
+    policy_path: Path,
+    images: np.ndarray,
+    maps: np.ndarray,
+    labels: np.ndarray,
+    *,
+    challenger_version: str | int,
+    tracking_uri: str,
+    model_name: str = MODEL_NAME,
+    batch_size: int = 32,
+) -> tuple[Decision, PromotionResult]:
+    """The promote step: score the challenger and the current champion (both loaded from the
+    registry with their weights' sha256 checked) on the same test split, decide, promote.
+
+    Args:
+        images: (N, 1, H, W) preprocessed test images in [0, 1]; maps: (N, H, W) ground-truth
+            gaze maps; labels: (N,) integer labels.
+    """
+    policy = load_policy(policy_path)
+    version = str(challenger_version)
+    client = registry_client(tracking_uri)
+    recorded = _model_version(client, model_name, version, tracking_uri).tags
+    if VALIDATION_STATUS_TAG in recorded:
+        # Judged before: finish that decision (e.g. alias moves an interrupted run left undone)
+        # rather than judge again against what may now be this version itself.
+        decision = Decision.from_tags(recorded)
+        return decision, promote(
+            decision, version, tracking_uri=tracking_uri, model_name=model_name
+        )
+    challenger, _ = load_registered_model(
+        f"models:/{model_name}/{version}", tracking_uri=tracking_uri
+    )
+    current = version_by_alias(client, model_name, CHAMPION)
+    champion_scores, champion_version = None, None
+    if current is not None and str(current.version) != version:
+        champion_version = str(current.version)
+        champion, _ = load_registered_model(
+            f"models:/{model_name}/{champion_version}", tracking_uri=tracking_uri
+        )
+        champion_scores = scores_for_model(champion, images, maps, labels, batch_size=batch_size)
+    challenger_scores = scores_for_model(challenger, images, maps, labels, batch_size=batch_size)
+    decision = decide(policy, challenger_scores, champion_scores, champion_version=champion_version)
+    return decision, promote(decision, version, tracking_uri=tracking_uri, model_name=model_name)
