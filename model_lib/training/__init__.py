@@ -5,6 +5,14 @@ from model_lib.training.callbacks import Callback
 from model_lib.training.chain import run_stages, split_loaders
 from model_lib.training.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from model_lib.training.evaluate import predict, stage_val_loss
+from model_lib.training.experiment import (
+    EvaluationResult,
+    ExperimentResult,
+    evaluate_experiment,
+    fixated_pixels,
+    fixation_maps,
+    train_experiment,
+)
 from model_lib.training.fit import BEST_CHECKPOINT, LAST_CHECKPOINT, FitResult, fit_stage
 from model_lib.training.precision import PrecisionPlan, cpu_has_bf16_units, resolve_precision
 from model_lib.training.stages import PAPER_STAGES, StageSpec, frozen_parts
@@ -14,11 +22,16 @@ __all__ = [
     "LAST_CHECKPOINT",
     "PAPER_STAGES",
     "Callback",
+    "EvaluationResult",
+    "ExperimentResult",
     "FitResult",
     "PrecisionPlan",
     "StageSpec",
     "cpu_has_bf16_units",
+    "evaluate_experiment",
     "fit_stage",
+    "fixated_pixels",
+    "fixation_maps",
     "frozen_parts",
     "load_checkpoint",
     "load_model_weights",
@@ -28,4 +41,5 @@ __all__ = [
     "save_checkpoint",
     "split_loaders",
     "stage_val_loss",
+    "train_experiment",
 ]
