@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-CASES = ("bench.heatmap",)
+CASES = ("bench.heatmap", "bench.ingest", "bench.loader", "bench.train_step", "bench.inference")
 RESULTS = Path(__file__).with_name("results.json")
 
 
