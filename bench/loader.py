@@ -6,12 +6,12 @@ throughput (shuffled batches of the stage's batch size, images already in memory
 ``fit_stage``) is compared with what training consumes: the images/s of real training steps of
 the preset's model. The consuming stage is ``s1b`` (DenseNet branch: forward, cross-entropy,
 backward, Adam), the cheapest step per image of all stages and so the one that asks the most of
-the loader. The precision is the trainer's default ("auto").
+the loader. The precision is the trainer's default ("auto"); both sides run on the same torch
+threads (``BENCH_THREADS``, default 1, see ``bench.train_step.bench_threads``).
 
-A paper-size step takes seconds per image on 2 CPU cores, so the paper preset's step runs at
-batch 2 (its stage batch is 16) and the rate is per image; the row name says so. Loading and
-training share the process (no worker processes), so headroom h means loading costs about 1/h of
-an epoch.
+A paper-size step takes seconds per image, so the paper preset's step runs at batch 2 (its stage
+batch is 16) and the rate is per image; the row name says so. Loading and training share the
+process (no worker processes), so headroom h means loading costs about 1/h of an epoch.
 
 ``run()`` returns one row per preset: value the loader's images/s, baseline the training step's,
 ratio the headroom, target its minimum. Run: ``python -m bench.loader``.
@@ -101,7 +101,7 @@ def measure(preset: str) -> dict[str, float | int | str]:
     cfg = get_preset(preset)
     spec = cfg.stage(STAGE)
     step_batch = PRESETS[preset]["step_batch"] or spec.batch_size
-    with bench_threads(cfg.num_threads) as threads:
+    with bench_threads() as threads:
         with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
             store_dir, maps_dir = write_store(
                 Path(tmp), cfg.data.geometry, PRESETS[preset]["images"]

@@ -10,13 +10,15 @@ matrix units; the fastest measured variant is reported as the optimised path.
 FLOPs of one step are counted once (``FlopCounterMode``) to give the achieved GFLOP/s, against the
 peak of large square ``torch.mm`` in float32 and bfloat16 measured in the same run.
 
-A paper-size step takes tens of seconds per image on 2 CPU cores, so the default batch is 1 with
-1 warm-up and 2 timed steps per variant, and bfloat16 (several times slower on CPUs without
-bfloat16 units) gets 1 timed step. Environment:
+A paper-size step takes seconds per image on a CPU core, so the default batch is 2; each
+variant gets 1 warm-up and 2 timed steps, interleaved across variants, except emulated bfloat16
+(several times slower on CPUs without bfloat16 units), which gets 1 step. Environment:
 
-- ``BENCH_TRAIN_BATCH`` (default 1): the batch size (the paper's stage batch is 6-16).
+- ``BENCH_TRAIN_BATCH`` (default 2): the batch size (8 for the full-size check; the paper's stage
+  batches are 6-16).
 - ``BENCH_TRAIN_VARIANTS``: comma-separated subset of ``fp32,fp32_cl,bf16,compile``
-  (default ``fp32,fp32_cl,bf16``; ``compile`` adds minutes of compilation).
+  (default ``fp32,fp32_cl,bf16``; ``compile`` adds many minutes of compilation).
+- ``BENCH_THREADS`` (default 1): torch threads; see :func:`bench_threads`.
 
 ``run()`` returns rows for the bench runner; ``time_steps`` also serves ``bench.loader``.
 Run: ``python -m bench.train_step``.
@@ -242,16 +244,16 @@ def measure(batch: int, variant_names: str | None = None) -> dict:
 
 
 @contextmanager
-def bench_threads(default: int | None = None) -> Iterator[int]:
-    """Torch intra-op threads inside the block: ``BENCH_THREADS`` when set, else ``default``,
-    else torch's current number; restored on exit. Yields the number used.
+def bench_threads() -> Iterator[int]:
+    """Torch intra-op threads inside the block: ``BENCH_THREADS``, default 1 (as the heatmap and
+    ingest cases run); restored on exit. Yields the number used.
 
-    On a machine shared with other jobs, as many threads as cores is several times slower than
-    one thread (the threads wait for each other at every operator), so a shared machine is best
-    measured with ``BENCH_THREADS=1``.
+    One thread keeps the timings stable on a machine shared with other jobs: there, one thread
+    per core is several times slower than one thread, because the threads wait for each other
+    at every operator. On an idle machine ``BENCH_THREADS=<cores>`` measures the full machine.
     """
     before = torch.get_num_threads()
-    threads = int(os.environ.get("BENCH_THREADS") or default or before)
+    threads = int(os.environ.get("BENCH_THREADS") or 1)
     torch.set_num_threads(threads)
     try:
         yield threads
@@ -329,7 +331,7 @@ def rows_from(result: dict, threads: int) -> list[dict]:
 
 def run() -> list[dict]:
     """Rows for the bench runner: name, value, unit, baseline, ratio, target, machine, date."""
-    batch = int(os.environ.get("BENCH_TRAIN_BATCH", "1"))
+    batch = int(os.environ.get("BENCH_TRAIN_BATCH", "2"))
     print(f"bench.train_step: paper network, batch {batch} (several minutes)", flush=True)
     with bench_threads() as threads:
         result = measure(batch, os.environ.get("BENCH_TRAIN_VARIANTS"))
