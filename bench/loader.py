@@ -4,13 +4,15 @@ For the ``demo`` and ``paper`` presets, a packed store of random images and gaze
 random gaze maps, is written into a temporary folder at the preset's geometry. The loader's
 throughput (shuffled batches of the stage's batch size, images already in memory as in
 ``fit_stage``) is compared with what training consumes: the images/s of real training steps of
-the preset's model. The consuming stage is ``s1b`` (DenseNet branch: forward, cross-entropy,
-backward, Adam), the cheapest step per image of all stages and so the one that asks the most of
-the loader. The precision is the trainer's default ("auto"); both sides run on the same torch
-threads (``BENCH_THREADS``, default 1, see ``bench.train_step.bench_threads``).
+the preset's model. The loader must keep up with the stage that eats images fastest, which is one
+of the two cheapest steps per image, depending on the preset: ``s1b`` (DenseNet branch only:
+forward, cross-entropy, backward, Adam) or ``s3`` (the whole forward pass, backward through the
+small fusion classifier only). Both are timed; the faster one is the baseline, and the loader
+runs at its batch size. The precision is the trainer's default ("auto"); both sides run on the
+same torch threads (``BENCH_THREADS``, default 1, see ``bench.train_step.bench_threads``).
 
-A paper-size step takes seconds per image, so the paper preset's step runs at batch 2 (its stage
-batch is 16) and the rate is per image; the row name says so. Loading and training share the
+A paper-size step takes seconds per image, so the paper preset's steps run at batch 2 (its stage
+batches are 6-16) and the rate is per image; the row name says so. Loading and training share the
 process (no worker processes), so headroom h means loading costs about 1/h of an epoch.
 
 ``run()`` returns one row per preset: value the loader's images/s, baseline the training step's,
@@ -40,7 +42,7 @@ PRESETS: dict[str, dict[str, int]] = {
     "demo": {"images": 512, "step_batch": 0},
     "paper": {"images": 256, "step_batch": 2},
 }
-STAGE = "s1b"
+STAGES = ("s1b", "s3")
 NATIVE_HW = (3056, 2544)
 POINTS_PER_IMAGE = 200
 MIN_LOAD_SECONDS = 1.0
@@ -97,29 +99,34 @@ def loader_images_per_s(store_dir: Path, maps_dir: Path, batch: int) -> float:
 
 
 def measure(preset: str) -> dict[str, float | int | str]:
-    """Loader images/s against the training step's images/s for one preset."""
+    """Loader images/s against the fastest-consuming training step's images/s for one preset."""
     cfg = get_preset(preset)
-    spec = cfg.stage(STAGE)
-    step_batch = PRESETS[preset]["step_batch"] or spec.batch_size
+    plan = resolve_precision("auto", "cpu")
     with bench_threads() as threads:
+        steps = {}
+        for name in STAGES:
+            spec = cfg.stage(name)
+            batch = PRESETS[preset]["step_batch"] or spec.batch_size
+            variant = Variant(f"{preset} {name} {plan.name}", plan)
+            (steps[name],) = time_steps(
+                cfg.model, spec, batch, [(variant, 1, 2)], label="loader consumption: "
+            )
+        stage = max(STAGES, key=lambda name: steps[name].images_per_s)
+        loader_batch = cfg.stage(stage).batch_size
         with tempfile.TemporaryDirectory(prefix="bench-loader-") as tmp:
             store_dir, maps_dir = write_store(
                 Path(tmp), cfg.data.geometry, PRESETS[preset]["images"]
             )
-            load = loader_images_per_s(store_dir, maps_dir, spec.batch_size)
-        print(f"  loader {preset}: {load:.0f} images/s", flush=True)
-        plan = resolve_precision("auto", "cpu")
-        variant = Variant(f"{preset} {STAGE} {plan.name}", plan)
-        (step,) = time_steps(
-            cfg.model, spec, step_batch, [(variant, 1, 2)], label="loader consumption: "
-        )
+            load = loader_images_per_s(store_dir, maps_dir, loader_batch)
+        print(f"  loader {preset} b{loader_batch}: {load:.0f} images/s", flush=True)
     return {
         "preset": preset,
         "hw": "x".join(map(str, cfg.data.geometry.target_hw)),
-        "loader_batch": spec.batch_size,
-        "step_batch": step_batch,
+        "stage": stage,
+        "loader_batch": loader_batch,
+        "step_batch": steps[stage].batch,
         "loader": load,
-        "step": step.images_per_s,
+        "step": steps[stage].images_per_s,
         "threads": threads,
     }
 
@@ -130,7 +137,7 @@ def _row(r: dict) -> dict:
     )
     where = f"{r['preset']} {r['hw']} b{r['loader_batch']}"
     return {
-        "name": f"loader {where} vs {STAGE} step{extrapolated}",
+        "name": f"loader {where} vs {r['stage']} step{extrapolated}",
         "value": r["loader"],
         "unit": "images/s",
         "baseline": r["step"],
