@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kfp.dsl import Dataset, Input, Output
+
+from components.kfp_step import step_component
 from model_lib.config import DataConfig
 from model_lib.data.gaze_maps import GazeMapsSummary, write_gaze_maps
 
@@ -13,3 +16,20 @@ def run_heatmaps(
 ) -> GazeMapsSummary:
     """Write one map per image; sigma is scaled to the images' size (``cfg.native_scale``)."""
     return write_gaze_maps(Path(store), Path(out), cfg.scaled_heatmap(), progress=progress)
+
+
+def heatmaps_step(store: Path, preset: str, overrides: list[str], out: Path) -> dict[str, int]:
+    """The heatmaps pipeline step, with the data config of the preset; maps per split."""
+    from model_lib.presets import get_preset
+
+    cfg = get_preset(preset, overrides)
+    summary = run_heatmaps(Path(store), Path(out), cfg.data, progress=False)
+    return dict(summary.split_counts)
+
+
+@step_component
+def heatmaps(store: Input[Dataset], preset: str, overrides: list, maps: Output[Dataset]):
+    """Ground-truth gaze maps at the model's input size."""
+    from components.heatmaps import heatmaps_step
+
+    maps.metadata.update(heatmaps_step(store.path, preset, overrides, maps.path))

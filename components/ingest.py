@@ -7,16 +7,24 @@ The validation report is written either way: inside the store on success, beside
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+from kfp.dsl import HTML, Dataset, Output
 
 from components.ingest_checks import ValidationFailed, validate_egd
+from components.kfp_step import step_component
 from model_lib.config import DataConfig
 from model_lib.data.egd_cxr import load_egd_cxr
 from model_lib.data.packing import pack_dataset, read_image_headers
 from model_lib.data.splits import assign_splits
 
 log = logging.getLogger(__name__)
+
+EGD_DIR, IMAGES_DIR = "egd-cxr", "mimic-cxr"
+"""A raw release folder holds the EGD-CXR tables and the MIMIC-CXR images side by side."""
 
 
 @dataclass(frozen=True)
@@ -69,3 +77,46 @@ def run_ingest(
 
 def _report_paths(folder: Path, stem: str) -> tuple[Path, Path]:
     return folder / f"{stem}.json", folder / f"{stem}.html"
+
+
+def ingest_release(raw_dir: Path, out: Path, cfg: DataConfig) -> IngestResult:
+    """:func:`run_ingest` of a release folder (``egd-cxr/`` + ``mimic-cxr/``), as the pipeline's
+    ingest step runs it."""
+    raw_dir = Path(raw_dir)
+    for part in (EGD_DIR, IMAGES_DIR):
+        if not (raw_dir / part).is_dir():
+            raise FileNotFoundError(
+                f"{raw_dir / part}: missing; a release folder holds {EGD_DIR}/ and {IMAGES_DIR}/"
+            )
+    return run_ingest(raw_dir / EGD_DIR, raw_dir / IMAGES_DIR, out, cfg, progress=False)
+
+
+def ingest_step(
+    raw_dir: str, preset: str, overrides: list[str], store: Path, report: Path
+) -> tuple[dict[str, int], str]:
+    """The ingest pipeline step: the packed store at ``store``, its validation report copied to
+    ``report``; returns the images per split and the md5 of the store's files."""
+    from model_lib.data.fingerprint import tree_digest
+    from model_lib.presets import get_preset
+
+    result = ingest_release(Path(raw_dir), Path(store), get_preset(preset, overrides).data)
+    shutil.copyfile(result.report_html, report)
+    return result.split_counts, tree_digest(result.store)
+
+
+@step_component
+def ingest(
+    raw_dir: str,
+    data_version: str,
+    preset: str,
+    overrides: list,
+    store: Output[Dataset],
+    report: Output[HTML],
+) -> NamedTuple("IngestOutputs", [("data_md5", str)]):
+    """Validate the raw release and pack it. ``data_version`` keys the cache: same content,
+    same store."""
+    from components.ingest import ingest_step
+
+    counts, md5 = ingest_step(raw_dir, preset, overrides, store.path, report.path)
+    store.metadata.update({"data_version": data_version, "md5": md5, **counts})
+    return (md5,)

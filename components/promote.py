@@ -17,15 +17,18 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import mlflow
 import numpy as np
 import yaml
+from kfp.dsl import Dataset, Input
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from components.kfp_step import step_component
 from components.model_package import load_registered_model
 from components.registry import (
     CHAMPION,
@@ -91,6 +94,18 @@ class PromotionPolicy(_Strict):
     bootstrap: BootstrapSettings
 
 
+def policy_from_mapping(raw: Any, source: str) -> PromotionPolicy:
+    """Validate a policy given as plain data (a pipeline parameter, parsed YAML).
+
+    Raises:
+        ValueError: not a valid policy (the message names ``source`` and the field).
+    """
+    try:
+        return PromotionPolicy.model_validate(raw)
+    except ValidationError as err:
+        raise ValueError(f"{source}: {err}") from err
+
+
 def load_policy(path: Path) -> PromotionPolicy:
     """Read a promotion policy; unknown or missing keys are errors.
 
@@ -103,9 +118,9 @@ def load_policy(path: Path) -> PromotionPolicy:
         raise FileNotFoundError(f"{path}: no promotion policy there")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        return PromotionPolicy.model_validate(raw)
-    except (yaml.YAMLError, ValidationError) as err:
+    except yaml.YAMLError as err:
         raise ValueError(f"{path}: {err}") from err
+    return policy_from_mapping(raw, str(path))
 
 
 @dataclass(frozen=True)
@@ -394,7 +409,7 @@ def promote(
 
 
 def run_promotion(
-    policy_path: Path,
+    policy: PromotionPolicy | Path,
     images: np.ndarray,
     maps: np.ndarray,
     labels: np.ndarray,
@@ -408,10 +423,12 @@ def run_promotion(
     registry with their weights' sha256 checked) on the same test split, decide, promote.
 
     Args:
+        policy: the thresholds, or the path of a policy file.
         images: (N, 1, H, W) preprocessed test images in [0, 1]; maps: (N, H, W) ground-truth
             gaze maps; labels: (N,) integer labels.
     """
-    policy = load_policy(policy_path)
+    if not isinstance(policy, PromotionPolicy):
+        policy = load_policy(policy)
     version = str(challenger_version)
     client = registry_client(tracking_uri)
     recorded = _model_version(client, model_name, version, tracking_uri).tags
@@ -436,3 +453,105 @@ def run_promotion(
     challenger_scores = scores_for_model(challenger, images, maps, labels, batch_size=batch_size)
     decision = decide(policy, challenger_scores, champion_scores, champion_version=champion_version)
     return decision, promote(decision, version, tracking_uri=tracking_uri, model_name=model_name)
+
+
+def test_split_arrays(store: Path, maps: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The store's test split as the gate scores it: images (N, 1, H, W) float32 in [0, 1],
+    maps (N, H, W) float32, labels (N,)."""
+    from model_lib.data.loader import open_split
+    from model_lib.data.store import IMAGE_SCALE
+
+    data = open_split(Path(store), Path(maps), "test")
+    images = (np.asarray(data.images, dtype=np.float32) / np.float32(IMAGE_SCALE))[:, None]
+    return images, np.asarray(data.maps, dtype=np.float32), np.asarray(data.labels)
+
+
+def _log_decision(decision: Decision, result: PromotionResult, tracking_uri: str, run_id: str):
+    from components.tracking import step_run
+
+    with step_run(tracking_uri, run_id, "promote"):
+        mlflow.set_tags(
+            {
+                "version": result.version,
+                VALIDATION_STATUS_TAG: APPROVED if decision.approved else REJECTED,
+                "champion": result.champion or "none",
+            }
+        )
+        mlflow.log_dict(decision.to_dict(), "promotion/decision.json")
+
+
+def promote_step(
+    store: Path,
+    maps: Path,
+    version: str,
+    policy: Any,
+    *,
+    tracking_uri: str,
+    parent_run_id: str,
+) -> tuple[Decision, PromotionResult]:
+    """The pipeline's promote step: the gate against the champion on the test split."""
+    from components.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    images, maps_, labels = test_split_arrays(store, maps)
+    decision, result = run_promotion(
+        policy_from_mapping(policy, "promotion_policy"),
+        images,
+        maps_,
+        labels,
+        challenger_version=version,
+        tracking_uri=uri,
+    )
+    _log_decision(decision, result, uri, parent_run_id)
+    for line in decision.reasons:
+        logger.info("gate: %s", line)
+    return decision, result
+
+
+def reject_step(
+    version: str, floor_reasons: str, *, tracking_uri: str, parent_run_id: str
+) -> PromotionResult:
+    """The pipeline's other branch: the version missed a floor, so it is rejected without a
+    comparison (the champion stays)."""
+    from components.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    reasons = floor_reasons.splitlines()
+    decision = Decision(approved=False, reasons=reasons, details={"gate": "floors"})
+    result = promote(decision, version, tracking_uri=uri)
+    _log_decision(decision, result, uri, parent_run_id)
+    logger.info(
+        "version %s rejected: %s", version, "; ".join(r for r in reasons if r.startswith("fail"))
+    )
+    return result
+
+
+@step_component
+def promote_challenger(
+    store: Input[Dataset],
+    maps: Input[Dataset],
+    version: str,
+    promotion_policy: dict,
+    tracking_uri: str,
+    parent_run_id: str,
+) -> NamedTuple("PromoteOutputs", [("approved", bool), ("champion", str)]):
+    """Champion/challenger gate on the test split; moves the aliases on approval."""
+    from components.promote import promote_step
+
+    decision, result = promote_step(
+        store.path,
+        maps.path,
+        version,
+        promotion_policy,
+        tracking_uri=tracking_uri,
+        parent_run_id=parent_run_id,
+    )
+    return (decision.approved, result.champion or "")
+
+
+@step_component
+def reject_challenger(version: str, floor_reasons: str, tracking_uri: str, parent_run_id: str):
+    """Tag the version rejected with the floors it missed."""
+    from components.promote import reject_step
+
+    reject_step(version, floor_reasons, tracking_uri=tracking_uri, parent_run_id=parent_run_id)

@@ -13,14 +13,16 @@ from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from kfp.dsl import Artifact, Input, Model
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.fluent import active_run, log_metrics, set_tags, start_run
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from components.kfp_step import step_component
 from components.model_package import PackageConfig, log_package, read_state_dict
 from components.registry import (
     CHALLENGER,
@@ -94,7 +96,7 @@ def _lineage(lineage: Lineage | Mapping[str, Any]) -> Lineage:
         raise ValueError(f"lineage: {err}") from err
 
 
-def _registered_by(
+def registered_by(
     client: MlflowClient, model_name: str, pipeline_run_id: str
 ) -> ModelVersion | None:
     """The version an earlier registration of ``pipeline_run_id`` created, if any (the oldest
@@ -161,7 +163,7 @@ def register_model(
     state = read_state_dict(weights_path, package)
     flat = flatten_metrics(metrics)
     with use_tracking_uri(tracking_uri) as client:
-        earlier = _registered_by(client, model_name, lineage.pipeline_run_id)
+        earlier = registered_by(client, model_name, lineage.pipeline_run_id)
         if earlier is not None:
             if VALIDATION_STATUS_TAG not in earlier.tags:
                 # Not gated yet: finish what an interrupted call may have left undone.
@@ -232,3 +234,70 @@ def register_model(
             weights_sha256=package_info.weights_sha256,
             reused=False,
         )
+
+
+def register_step(
+    weights: Path,
+    summary: Path,
+    preset: str,
+    overrides: list[str],
+    *,
+    data_rev: str,
+    data_md5: str,
+    pipeline_run_id: str,
+    tracking_uri: str,
+    parent_run_id: str,
+) -> RegistrationResult:
+    """The pipeline's register step: the final weights with the test summary as metrics and
+    the run's lineage, logged into the nested run ``register``."""
+    from components.tracking import git_sha, resolve_tracking_uri, step_run
+    from model_lib.presets import get_preset
+
+    uri = resolve_tracking_uri(tracking_uri)
+    metrics = json.loads(Path(summary).read_text(encoding="utf-8"))
+    lineage = Lineage(
+        data_rev=data_rev,
+        data_md5=data_md5,
+        git_sha=git_sha(),
+        pipeline_run_id=pipeline_run_id,
+        preset=preset,
+        overrides=tuple(overrides),
+    )
+    with step_run(uri, parent_run_id, "register") as run:
+        return register_model(
+            Path(weights),
+            get_preset(preset, overrides),
+            metrics,
+            lineage,
+            tracking_uri=uri,
+            run_id=run.info.run_id,
+        )
+
+
+@step_component
+def register(
+    model: Input[Model],
+    summary: Input[Artifact],
+    preset: str,
+    overrides: list,
+    data_rev: str,
+    data_md5: str,
+    pipeline_run_id: str,
+    tracking_uri: str,
+    parent_run_id: str,
+) -> NamedTuple("RegisterOutputs", [("version", str), ("model_uri", str)]):
+    """A new version of the registered model, alias ``challenger``, with lineage tags."""
+    from components.register import register_step
+
+    result = register_step(
+        model.path,
+        summary.path,
+        preset,
+        overrides,
+        data_rev=data_rev,
+        data_md5=data_md5,
+        pipeline_run_id=pipeline_run_id,
+        tracking_uri=tracking_uri,
+        parent_run_id=parent_run_id,
+    )
+    return (result.version, result.model_uri)

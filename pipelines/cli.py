@@ -53,11 +53,14 @@ def user_errors(func: F) -> F:
     @wraps(func)
     def wrapper(*args, **kwargs):
         from components.ingest_checks import ValidationFailed
+        from components.registry import RegistryUnreachable
         from model_lib.data.errors import DataError
 
+        expected = (DataError, ValidationFailed, FileExistsError, FileNotFoundError, ValueError,
+                    RegistryUnreachable)  # fmt: skip
         try:
             return func(*args, **kwargs)
-        except (DataError, ValidationFailed, FileExistsError, FileNotFoundError) as err:
+        except expected as err:
             if _state["verbose"]:
                 raise
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
@@ -141,32 +144,121 @@ def heatmaps(
     typer.echo(result.describe())
 
 
+def _print_summary(summary) -> None:
+    typer.echo("\n" + summary.text())
+
+
+def _run_pipeline(raw_dir: Path, **kwargs) -> None:
+    from pipelines.local_run import PipelineFailed, run_local
+
+    try:
+        summary = run_local(raw_dir, **kwargs)
+    except PipelineFailed as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    _print_summary(summary)
+
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Preset override dotted.key=value (repeatable).", metavar="KEY=V"),
+]
+TrackingUri = Annotated[
+    str, typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow tracking and registry URI.")
+]
+Policy = Annotated[Path, typer.Option(help="Promotion policy (thresholds) YAML.")]
+
+
+def _policy(path: Path) -> dict:
+    from components.promote import load_policy
+
+    return load_policy(path).model_dump(mode="json")
+
+
+@app.command()
+@user_errors
+def run(
+    raw_dir: Annotated[Path, typer.Option(help="Raw release: egd-cxr/ + mimic-cxr/.")],
+    preset: Annotated[str, typer.Option(help="paper | demo | ci")] = "demo",
+    overrides: Overrides = None,
+    data_rev: Annotated[str, typer.Option(help="Data revision label (DVC/git rev).")] = "workspace",
+    tracking_uri: TrackingUri = "sqlite:///mlflow.db",
+    policy: Policy = Path("mlflow/promotion.yaml"),
+    pipeline_root: Annotated[Path, typer.Option(help="Where step outputs go.")] = Path(
+        "runs/pipeline"
+    ),
+    cache: Annotated[
+        bool, typer.Option(help="Reuse ingest/heatmaps outputs for unchanged data.")
+    ] = False,
+) -> None:
+    """Run the training pipeline locally (kfp.local) and print a summary.
+
+    Steps: ingest, gaze maps, every training stage, evaluation, registration, promotion gate.
+
+    Example: cxrgaze run --raw-dir runs/demo/raw --preset demo --set stages.s2.max_epochs=4
+    """
+    _run_pipeline(
+        raw_dir,
+        preset=preset,
+        overrides=overrides or [],
+        data_rev=data_rev,
+        tracking_uri=tracking_uri,
+        policy=_policy(policy),
+        pipeline_root=pipeline_root,
+        cache=cache,
+    )
+
+
 @app.command()
 @user_errors
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where the demo writes its data.")] = Path(
+    workdir: Annotated[Path, typer.Option(help="Where the demo keeps its raw data.")] = Path(
         "runs/demo"
     ),
-    params: Annotated[Path, typer.Option(help="params.yaml (synth and data sections).")] = Path(
+    params: Annotated[Path, typer.Option(help="params.yaml (its synth section).")] = Path(
         "params.yaml"
     ),
+    tracking_uri: TrackingUri = "sqlite:///mlflow.db",
+    policy: Policy = Path("mlflow/promotion.yaml"),
 ) -> None:
-    """Synthesise data if absent, then ingest and compute the gaze maps.
+    """Synthesise data if absent, then run the pipeline with the `demo` preset.
 
-    Example: cxrgaze demo --workdir runs/demo
+    Running it again trains and registers a new version, which the gate judges against the
+    champion.
+
+    Example: cxrgaze demo
     """
-    from components.heatmaps import run_heatmaps
-    from components.ingest import run_ingest
     from model_lib.data.synth import generate_dataset
+    from model_lib.presets import get_preset
 
     cfg = load_params(params)
     raw = workdir / "raw"
+    scale = get_preset("demo").data.native_scale
     if not (raw / "egd-cxr" / "master_sheet.csv").exists():
         typer.echo(f"synthesising {cfg.synth.n_images} images into {raw}")
-        generate_dataset(raw, cfg.synth.n_images, seed=cfg.synth.seed, scale=cfg.synth.scale,
-                         overwrite=True)  # fmt: skip
-    ingested = run_ingest(raw / "egd-cxr", raw / "mimic-cxr", workdir / "store", cfg.data)
-    maps = run_heatmaps(ingested.store, workdir / "heatmaps", cfg.data)
-    typer.echo(
-        "\n".join(["", "demo finished:", f"  {ingested.describe()}", f"  {maps.describe()}"])
+        generate_dataset(raw, cfg.synth.n_images, seed=cfg.synth.seed, scale=scale, overwrite=True)
+    _run_pipeline(
+        raw,
+        preset="demo",
+        tracking_uri=tracking_uri,
+        policy=_policy(policy),
+        pipeline_root=workdir / "pipeline",
     )
+
+
+@app.command("compile")
+@user_errors
+def compile_(
+    out: Annotated[Path, typer.Option("--out", "-o", help="IR YAML file to write.")] = Path(
+        "pipeline.yaml"
+    ),
+    image: Annotated[str, typer.Option(help="Project image every step runs in.")] = "",
+) -> None:
+    """Compile the training pipeline to KFP IR YAML for a Kubeflow Pipelines cluster.
+
+    Example: cxrgaze compile -o pipeline.yaml --image registry.example.org/cxr-gaze:0.1.0
+    """
+    from pipelines.compile import DEFAULT_IMAGE, compile_pipeline
+
+    path = compile_pipeline(out, image or DEFAULT_IMAGE)
+    typer.echo(f"wrote {path} (image {image or DEFAULT_IMAGE})")

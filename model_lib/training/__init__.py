@@ -8,10 +8,12 @@ from model_lib.training.evaluate import predict, stage_val_loss
 from model_lib.training.experiment import (
     EvaluationResult,
     ExperimentResult,
+    StageOutcome,
     evaluate_experiment,
     fixated_pixels,
     fixation_maps,
     train_experiment,
+    train_stage,
 )
 from model_lib.training.fit import BEST_CHECKPOINT, LAST_CHECKPOINT, FitResult, fit_stage
 from model_lib.training.precision import PrecisionPlan, cpu_has_bf16_units, resolve_precision
@@ -26,6 +28,7 @@ __all__ = [
     "ExperimentResult",
     "FitResult",
     "PrecisionPlan",
+    "StageOutcome",
     "StageSpec",
     "cpu_has_bf16_units",
     "evaluate_experiment",
@@ -42,4 +45,5 @@ __all__ = [
     "split_loaders",
     "stage_val_loss",
     "train_experiment",
+    "train_stage",
 ]

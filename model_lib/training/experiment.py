@@ -40,7 +40,12 @@ from model_lib.metrics import (
 from model_lib.models import CenterPriorBaseline, build_model
 from model_lib.training.callbacks import Callback
 from model_lib.training.chain import run_stages, split_loaders
-from model_lib.training.checkpoint import seed_everything
+from model_lib.training.checkpoint import (
+    load_checkpoint,
+    load_model_weights,
+    save_checkpoint,
+    seed_everything,
+)
 from model_lib.training.evaluate import predict
 from model_lib.training.fit import FitResult
 from model_lib.training.precision import PrecisionName
@@ -233,6 +238,86 @@ def train_experiment(
         final_weights=results[stages[-1].name].best_checkpoint,
         stage_seconds=seconds,
     )
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """What :func:`train_stage` produced: the stage's fit (None when the config disables the
+    stage) and the weights file the next stage starts from."""
+
+    fit: FitResult | None
+    weights: Path
+    seconds: float
+
+
+def train_stage(
+    cfg: ExperimentConfig,
+    stage: str,
+    store_dir: Path,
+    maps_dir: Path,
+    workdir: Path,
+    weights_out: Path,
+    *,
+    init_weights: Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+    device: torch.device | str = "cpu",
+    precision: PrecisionName = "auto",
+) -> StageOutcome:
+    """Train the one stage ``stage`` of ``cfg``, as a pipeline step does: from the weights a
+    previous step wrote (``init_weights``) or, for the first stage, from the seeded
+    initialisation; then write the best weights to ``weights_out`` (a checkpoint file with a
+    ``model`` entry, written atomically).
+
+    Checkpoints go to ``<workdir>/checkpoints/<stage>/``, so a killed step resumes there. A stage
+    the config disables trains nothing: the input weights pass through unchanged.
+
+    Raises:
+        DataError: the store or maps were made with another data config.
+        KeyError: ``cfg`` has no such stage.
+        ValueError: no ``init_weights`` for a disabled first stage, or weights that do not fit.
+    """
+    spec = cfg.stage(stage)
+    store_dir, maps_dir, workdir = Path(store_dir), Path(maps_dir), Path(workdir)
+    weights_out = Path(weights_out)
+    weights_out.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    if not spec.enabled:
+        if init_weights is None:
+            raise ValueError(f"stage {stage} is disabled and there are no weights to pass on")
+        save_checkpoint(weights_out, {"model": load_checkpoint(init_weights)["model"]})
+        return StageOutcome(fit=None, weights=weights_out, seconds=time.perf_counter() - start)
+    _check_inputs(cfg, store_dir, maps_dir)
+    _record_config(cfg, workdir)
+    threads = torch.get_num_threads()
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        seed_everything(cfg.seed)
+        model = build_model(cfg.model)
+        if init_weights is not None:
+            load_model_weights(model, Path(init_weights))
+        loaders = split_loaders(
+            open_split(store_dir, maps_dir, "train"),
+            open_split(store_dir, maps_dir, "val"),
+            seed=cfg.seed,
+        )
+        fit = run_stages(
+            model,
+            [spec],
+            loaders,
+            checkpoint_dir=workdir / CHECKPOINTS_DIR,
+            device=device,
+            callbacks=callbacks,
+            progress=progress,
+            precision=precision,
+            seed=cfg.seed,
+        )[stage]
+    finally:
+        torch.set_num_threads(threads)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    save_checkpoint(weights_out, {"model": state, "stage": stage, "best_epoch": fit.best_epoch})
+    return StageOutcome(fit=fit, weights=weights_out, seconds=time.perf_counter() - start)
 
 
 def fixated_pixels(x: np.ndarray, y: np.ndarray, transform: CanvasTransform) -> np.ndarray:

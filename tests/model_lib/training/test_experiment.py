@@ -25,9 +25,12 @@ from model_lib.training import (
     evaluate_experiment,
     fixated_pixels,
     fixation_maps,
+    load_checkpoint,
     load_model_weights,
     predict,
+    save_checkpoint,
     train_experiment,
+    train_stage,
 )
 from model_lib.training.experiment import SALIENCY_METRICS
 
@@ -203,6 +206,51 @@ def test_a_second_call_resumes_instead_of_retraining(
     np.testing.assert_array_equal(
         predict(again.model, loader)["probs"], predict(result.model, loader)["probs"]
     )
+
+
+def test_stages_as_separate_steps_train_the_same_weights(
+    trained: tuple[ExperimentResult, Path],
+    tiny_store: tuple[Path, Path],
+    ci_config: ExperimentConfig,
+    tmp_path: Path,
+) -> None:
+    """What the pipeline does (one stage per process, weights handed over in files) trains
+    exactly what one in-process experiment trains."""
+    _, workdir = trained
+    first = train_stage(
+        ci_config, "s1a", *tiny_store, tmp_path / "work", tmp_path / "s1a.pt", progress=False
+    )
+    second = train_stage(
+        ci_config, "s1b", *tiny_store, tmp_path / "work", tmp_path / "s1b.pt",
+        init_weights=first.weights, progress=False,
+    )  # fmt: skip
+    assert second.fit is not None and second.fit.stage == "s1b"
+    ours = load_checkpoint(second.weights)["model"]
+    theirs = load_checkpoint(workdir / "checkpoints" / "s1b" / "best.pt")["model"]
+    assert ours.keys() == theirs.keys()
+    for key, value in ours.items():
+        assert np.array_equal(value.numpy(), theirs[key].numpy()), key
+
+
+def test_a_disabled_stage_passes_the_weights_on(
+    tiny_store: tuple[Path, Path], ci_config: ExperimentConfig, tmp_path: Path
+) -> None:
+    assert not ci_config.stage("s3j").enabled
+    model = build_model(ci_config.model)
+    save_checkpoint(tmp_path / "in.pt", {"model": model.state_dict()})
+    outcome = train_stage(
+        ci_config, "s3j", *tiny_store, tmp_path / "work", tmp_path / "out" / "s3j.pt",
+        init_weights=tmp_path / "in.pt",
+    )  # fmt: skip
+    assert outcome.fit is None
+    out = load_checkpoint(outcome.weights)["model"]
+    for key, value in model.state_dict().items():
+        assert np.array_equal(out[key].numpy(), value.numpy()), key
+    assert not (tmp_path / "work").exists()  # nothing trained, nothing checkpointed
+    with pytest.raises(ValueError, match="disabled and there are no weights"):
+        train_stage(ci_config, "s3j", *tiny_store, tmp_path / "w", tmp_path / "x.pt")
+    with pytest.raises(KeyError, match="no stage 's9'"):
+        train_stage(ci_config, "s9", *tiny_store, tmp_path / "w", tmp_path / "x.pt")
 
 
 def test_training_is_repeatable_for_a_seed(

@@ -1,0 +1,297 @@
+"""MLflow tracking of a pipeline run: one parent run, a nested run per step that trains or
+scores, per-epoch metrics, and the run marked failed when a step fails.
+
+Every pipeline step is its own process (a pod on the cluster), so the parent run is opened by
+the first step and its id travels through the DAG as a parameter. The exit handler closes it
+with the pipeline's final state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import mlflow
+from kfp import dsl
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from components.kfp_step import step_component
+from components.registry import (
+    EXPERIMENT_NAME,
+    PIPELINE_RUN_ID_TAG,
+    registry_client,
+    use_tracking_uri,
+)
+from model_lib.training.callbacks import Callback
+from model_lib.training.fit import FitResult
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+GIT_SHA_ENV = "CXRGAZE_GIT_SHA"
+"""Set in the project image at build time, where there is no git checkout."""
+STEP_TAG = "cxrgaze.step"
+FAILED_STEPS_TAG = "cxrgaze.failed_steps"
+
+
+def resolve_tracking_uri(tracking_uri: str = "") -> str:
+    """The URI given, else ``MLFLOW_TRACKING_URI``, else the embedded sqlite default."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def git_sha(repo: Path | None = None) -> str:
+    """Commit of the code: ``CXRGAZE_GIT_SHA`` (the image's), else ``git rev-parse HEAD`` of the
+    project checkout (with ``+dirty`` for uncommitted changes), else ``unknown``."""
+    if sha := os.environ.get(GIT_SHA_ENV):
+        return sha
+    repo = repo or Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}+dirty" if dirty else head
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """For a sqlite store: ``mlruns/`` beside the database file, as an absolute file URI, so
+    that every step process puts artifacts in the same place whatever its working folder. None
+    for a server, which decides itself."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///")).resolve()
+    return (database.parent / "mlruns").as_uri()
+
+
+def _experiment_id(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri))
+
+
+def open_pipeline_run(
+    tracking_uri: str,
+    *,
+    pipeline_run_id: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+    config: Mapping[str, Any],
+    experiment_name: str = EXPERIMENT_NAME,
+) -> str:
+    """Start (or, for a retried step, find) the parent run of a pipeline run; returns its id.
+
+    ``params`` are logged as run parameters, ``tags`` (lineage) as tags, ``config`` (the resolved
+    experiment config) as the artifact ``config.json``.
+    """
+    client = registry_client(tracking_uri)
+    experiment_id = _experiment_id(client, experiment_name, tracking_uri)
+    if (found := find_pipeline_run(tracking_uri, pipeline_run_id, experiment_name)) is not None:
+        return found
+    run = client.create_run(
+        experiment_id,
+        run_name=pipeline_run_id,
+        tags={**tags, PIPELINE_RUN_ID_TAG: pipeline_run_id, STEP_TAG: "pipeline"},
+    )
+    run_id = run.info.run_id
+    for key, value in params.items():
+        client.log_param(run_id, key, value)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.json"
+        path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        client.log_artifact(run_id, str(path))
+    logger.info("MLflow run %s opened for pipeline run %s", run_id, pipeline_run_id)
+    return run_id
+
+
+def find_pipeline_run(
+    tracking_uri: str, pipeline_run_id: str, experiment_name: str = EXPERIMENT_NAME
+) -> str | None:
+    """The parent run's id of a pipeline run, or None if it was never opened."""
+    client = registry_client(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return None
+    found = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.{PIPELINE_RUN_ID_TAG} = '{pipeline_run_id}' "
+        f"and tags.{STEP_TAG} = 'pipeline'",
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
+def close_pipeline_run(
+    tracking_uri: str, run_id: str, *, succeeded: bool, failed_steps: Sequence[str] = ()
+) -> str:
+    """End the parent run: FINISHED, or FAILED with the failed steps as a tag. Returns the
+    status written."""
+    client = registry_client(tracking_uri)
+    status = RunStatus.to_string(RunStatus.FINISHED if succeeded else RunStatus.FAILED)
+    if failed_steps:
+        client.set_tag(run_id, FAILED_STEPS_TAG, ",".join(failed_steps))
+    # Children left running by a killed step would otherwise show as running forever.
+    experiment_id = client.get_run(run_id).info.experiment_id
+    children = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run_id}'"
+    )
+    for child in children:
+        if child.info.status == "RUNNING":
+            client.set_terminated(child.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+    client.set_terminated(run_id, status)
+    logger.info("MLflow run %s ended %s", run_id, status)
+    return status
+
+
+@contextmanager
+def step_run(
+    tracking_uri: str, parent_run_id: str, step: str, params: Mapping[str, Any] = {}
+) -> Iterator[mlflow.ActiveRun]:
+    """A nested run under the pipeline's parent run, active for the ``with`` block (the fluent
+    API logs to it); it ends FAILED if the block raises.
+
+    A retried step finds its earlier nested run by name and logs into it again.
+    """
+    with use_tracking_uri(tracking_uri) as client:
+        parent = client.get_run(parent_run_id)
+        found = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
+            f"and tags.{STEP_TAG} = '{step}'",
+            max_results=1,
+        )
+        # The lineage tags of the pipeline run, so that a step's run can be found by them too.
+        lineage = {
+            k: v
+            for k, v in parent.data.tags.items()
+            if not k.startswith("mlflow.") and k != STEP_TAG
+        }
+        if found:
+            context = mlflow.start_run(run_id=found[0].info.run_id)
+        else:
+            context = mlflow.start_run(
+                experiment_id=parent.info.experiment_id,
+                run_name=step,
+                parent_run_id=parent_run_id,
+                tags={**lineage, STEP_TAG: step},
+            )
+        with context as run:
+            logged = run.data.params
+            mlflow.log_params({k: v for k, v in params.items() if k not in logged})
+            yield run
+
+
+class EpochMetrics(Callback):
+    """Logs each epoch's metrics to the active run, keyed ``<stage>/<metric>``, step = epoch."""
+
+    def on_epoch_end(self, stage: str, epoch: int, metrics: dict[str, float]) -> None:
+        mlflow.log_metrics({f"{stage}/{k}": float(v) for k, v in metrics.items()}, step=epoch)
+
+
+def log_stage_artifacts(fit: FitResult, folder: Path) -> None:
+    """The stage's history (JSON) and its loss curves (PNG) into the active run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    history = folder / f"{fit.stage}_history.json"
+    history.write_text(json.dumps(fit.history, indent=2) + "\n", encoding="utf-8")
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    epochs = range(len(fit.history))
+    for key in ("train_loss", "val_loss"):
+        ax.plot(epochs, [h.get(key, float("nan")) for h in fit.history], marker="o", label=key)
+    ax.axvline(fit.best_epoch, color="grey", linestyle=":", label=f"best epoch {fit.best_epoch}")
+    ax.set(xlabel="epoch", ylabel="loss", title=f"stage {fit.stage}")
+    ax.legend()
+    fig.tight_layout()
+    curves = folder / f"{fit.stage}_loss.png"
+    fig.savefig(curves, dpi=90)
+    plt.close(fig)
+    mlflow.log_artifact(str(history))
+    mlflow.log_artifact(str(curves))
+
+
+@step_component
+def open_run(
+    raw_dir: str,
+    data_rev: str,
+    preset: str,
+    overrides: list,
+    tracking_uri: str,
+    pipeline_run_id: str,
+) -> NamedTuple("OpenRunOutputs", [("run_id", str), ("data_version", str)]):
+    """Pin the data version (a content digest of the raw release) and open the MLflow run."""
+    from components.tracking import open_run_step
+
+    return open_run_step(raw_dir, data_rev, preset, overrides, tracking_uri, pipeline_run_id)
+
+
+@step_component
+def close_run(tracking_uri: str, pipeline_run_id: str, status: dsl.PipelineTaskFinalStatus):
+    """Exit handler: end the MLflow run FINISHED, or FAILED when a step failed."""
+    from components.tracking import close_run_step
+
+    close_run_step(tracking_uri, pipeline_run_id, status.state, status.error_message)
+
+
+def open_run_step(
+    raw_dir: str,
+    data_rev: str,
+    preset: str,
+    overrides: Sequence[str],
+    tracking_uri: str,
+    pipeline_run_id: str,
+) -> tuple[str, str]:
+    """(MLflow run id, data version) for a pipeline run."""
+    from model_lib.data.fingerprint import tree_digest
+    from model_lib.presets import get_preset
+
+    cfg = get_preset(preset, overrides)
+    data_version = tree_digest(Path(raw_dir))
+    logger.info("data %s at revision %s: content md5 %s", raw_dir, data_rev, data_version)
+    run_id = open_pipeline_run(
+        resolve_tracking_uri(tracking_uri),
+        pipeline_run_id=pipeline_run_id,
+        params={"preset": preset, "overrides": json.dumps(list(overrides)), "raw_dir": raw_dir},
+        tags={
+            "data_rev": data_rev,
+            "data_version": data_version,
+            "git_sha": git_sha(),
+            "preset": preset,
+        },
+        config=cfg.model_dump(mode="json"),
+    )
+    return run_id, data_version
+
+
+def close_run_step(
+    tracking_uri: str, pipeline_run_id: str, state: str, error_message: str | None = None
+) -> str | None:
+    """End the pipeline's MLflow run from the pipeline's final state; None if it never opened."""
+    uri = resolve_tracking_uri(tracking_uri)
+    run_id = find_pipeline_run(uri, pipeline_run_id)
+    if run_id is None:
+        logger.warning("pipeline run %s has no MLflow run to close", pipeline_run_id)
+        return None
+    succeeded = state == "SUCCEEDED"
+    if not succeeded and error_message:
+        registry_client(uri).set_tag(run_id, "cxrgaze.error", error_message[:4000])
+    return close_pipeline_run(uri, run_id, succeeded=succeeded)

@@ -1,0 +1,193 @@
+"""Run the training pipeline on this machine with kfp.local, then summarise what it produced.
+
+Each step runs as a subprocess of the current Python (``SubprocessRunner(use_venv=False)``): the
+environment that has the project installed is the one the steps use, as the project image is on
+a cluster. Outputs land under ``<pipeline_root>/<run name>/<task>/``; tracking goes to the
+given MLflow URI (default ``sqlite:///mlflow.db`` with artifacts in ``mlruns/`` beside it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PIPELINE_ROOT = Path("runs/pipeline")
+
+
+class PipelineFailed(RuntimeError):
+    """A step failed; the message names the run, and the summary says what was left."""
+
+
+def absolute_tracking_uri(tracking_uri: str) -> str:
+    """A sqlite URI with an absolute path (steps may run elsewhere); others unchanged."""
+    prefix = "sqlite:///"
+    if tracking_uri.startswith(prefix) and not tracking_uri.startswith(prefix + "/"):
+        return prefix + str(Path(tracking_uri.removeprefix(prefix)).resolve())
+    return tracking_uri
+
+
+@dataclass
+class RunSummary:
+    """What a pipeline run left behind, read back from its outputs and from MLflow."""
+
+    pipeline_run_id: str
+    succeeded: bool
+    seconds: float
+    output_dir: Path
+    tracking_uri: str
+    mlflow_run_id: str | None = None
+    mlflow_status: str | None = None
+    test: dict[str, float] = field(default_factory=dict)
+    version: str | None = None
+    validation_status: str | None = None
+    reasons: list[str] = field(default_factory=list)
+    aliases: dict[str, str] = field(default_factory=dict)
+    report: Path | None = None
+
+    def text(self) -> str:
+        state = "SUCCEEDED" if self.succeeded else "FAILED"
+        lines = [f"pipeline run {self.pipeline_run_id}: {state} in {self.seconds:.0f} s"]
+        if self.test:
+            t = self.test
+            lines.append(
+                f"  test split: macro AUC {t['auc_macro']:.3f}, accuracy {t['accuracy']:.3f}, "
+                f"mean CC {t['cc_mean']:.3f} (center prior {t['center_prior_cc_mean']:.3f})"
+            )
+        if self.version is not None:
+            status = self.validation_status or "not judged"
+            lines.append(f"  registered cxr-gaze version {self.version}: {status}")
+            lines += [f"    {reason}" for reason in self.reasons]
+        if self.aliases:
+            aliases = ", ".join(f"{a} -> v{v}" for a, v in sorted(self.aliases.items()))
+            lines.append(f"  aliases: {aliases}")
+        if self.report is not None:
+            lines.append(f"  report: {self.report}")
+        lines.append(f"  outputs: {self.output_dir}")
+        if self.mlflow_run_id:
+            lines.append(f"  MLflow run {self.mlflow_run_id} ({self.mlflow_status})")
+        ui = (
+            f"mlflow ui --backend-store-uri {self.tracking_uri}"
+            if self.tracking_uri.startswith("sqlite:")
+            else self.tracking_uri
+        )
+        lines.append(f"  MLflow UI: {ui}  (then open http://127.0.0.1:5000)")
+        return "\n".join(lines)
+
+
+def _new_run_dir(root: Path, before: set[str], pipeline_name: str) -> Path | None:
+    fresh = [p for p in root.iterdir() if p.name not in before and p.name.startswith(pipeline_name)]
+    return max(fresh, key=lambda p: p.stat().st_mtime) if fresh else None
+
+
+def summarise(
+    pipeline_run_id: str, output_dir: Path, tracking_uri: str, succeeded: bool, seconds: float
+) -> RunSummary:
+    """Read the run's evaluation and registry state back from its outputs and MLflow."""
+    from components.promote import REASONS_TAG
+    from components.register import registered_by
+    from components.registry import MODEL_NAME, VALIDATION_STATUS_TAG, registry_client
+    from components.tracking import find_pipeline_run
+
+    summary = RunSummary(pipeline_run_id, succeeded, seconds, output_dir, tracking_uri)
+    client = registry_client(tracking_uri)
+    summary.mlflow_run_id = find_pipeline_run(tracking_uri, pipeline_run_id)
+    if summary.mlflow_run_id:
+        summary.mlflow_status = client.get_run(summary.mlflow_run_id).info.status
+    evaluation = output_dir / "evaluate" / "summary"
+    if evaluation.is_file():
+        raw = json.loads(evaluation.read_text(encoding="utf-8"))
+        summary.test = {
+            "auc_macro": raw["classification"]["auc_macro"],
+            "accuracy": raw["classification"]["accuracy"],
+            "cc_mean": raw["saliency"]["cc"]["mean"],
+            "center_prior_cc_mean": raw["center_prior"]["cc"]["mean"],
+        }
+    if (output_dir / "evaluate" / "report").is_file():
+        summary.report = output_dir / "evaluate" / "report"
+    version = registered_by(client, MODEL_NAME, pipeline_run_id)
+    if version is not None:
+        summary.version = str(version.version)
+        summary.validation_status = version.tags.get(VALIDATION_STATUS_TAG)
+        summary.reasons = version.tags.get(REASONS_TAG, "").splitlines()
+        model = client.get_registered_model(MODEL_NAME)
+        summary.aliases = {alias: str(v) for alias, v in model.aliases.items()}
+    return summary
+
+
+def run_local(
+    raw_dir: Path,
+    *,
+    preset: str = "demo",
+    overrides: Sequence[str] = (),
+    data_rev: str = "workspace",
+    tracking_uri: str = "sqlite:///mlflow.db",
+    policy: Mapping[str, Any] | None = None,
+    pipeline_root: Path = DEFAULT_PIPELINE_ROOT,
+    cache: bool = False,
+) -> RunSummary:
+    """Run :func:`~pipelines.training_pipeline.training_pipeline` with kfp.local.
+
+    Args:
+        raw_dir: the raw release (``egd-cxr/`` + ``mimic-cxr/``).
+        policy: promotion thresholds (default: the checkout's ``mlflow/promotion.yaml``).
+        cache: reuse ingest and heatmaps outputs of earlier runs on the same data content.
+
+    Raises:
+        FileNotFoundError: no raw release at ``raw_dir``.
+        PipelineFailed: a step failed (its MLflow run is marked FAILED by the exit handler).
+    """
+    from kfp import local
+
+    from components.registry import check_reachable
+    from model_lib.presets import get_preset
+    from pipelines.training_pipeline import PIPELINE_NAME, default_policy, training_pipeline
+
+    raw_dir = Path(raw_dir).resolve()
+    if not raw_dir.is_dir():
+        raise FileNotFoundError(f"{raw_dir}: no raw release there (run `cxrgaze synth` first)")
+    get_preset(preset, overrides)  # a bad preset or override fails here, not in a step
+    tracking_uri = absolute_tracking_uri(tracking_uri)
+    check_reachable(tracking_uri)
+    root = Path(pipeline_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    local.init(
+        local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(root),
+        enable_caching=cache,
+        cache_root=str(root / ".cache"),
+        raise_on_error=True,
+    )
+    before = {p.name for p in root.iterdir()}
+    start = time.perf_counter()
+    error: Exception | None = None
+    try:
+        with warnings.catch_warnings():
+            # GPU, CPU, memory and Kubernetes settings are for the cluster; kfp.local warns that
+            # it ignores them, once per training step.
+            warnings.filterwarnings("ignore", message=".*no effect in the current local runner")
+            training_pipeline(
+                raw_dir=str(raw_dir),
+                data_rev=data_rev,
+                preset=preset,
+                overrides=list(overrides),
+                promotion_policy=dict(policy) if policy is not None else default_policy(),
+                tracking_uri=tracking_uri,
+            )
+    except RuntimeError as err:
+        error = err
+    seconds = time.perf_counter() - start
+    run_dir = _new_run_dir(root, before, PIPELINE_NAME)
+    if run_dir is None:
+        raise PipelineFailed(f"the pipeline did not start: {error}") from error
+    summary = summarise(run_dir.name, run_dir, tracking_uri, error is None, seconds)
+    if error is not None:
+        raise PipelineFailed(f"{error}\n{summary.text()}") from error
+    return summary

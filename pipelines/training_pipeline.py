@@ -1,0 +1,162 @@
+"""The training pipeline: raw release -> packed store -> gaze maps -> stages 1a, 1b, 2, 3, 3' ->
+test evaluation -> registered version -> promotion gate.
+
+::
+
+    open_run ─ ingest ─ heatmaps ─ pretrain (1a) ─ train 1b ─ train 2 ─ train 3 ─ train 3'
+                                                                                      │
+                          promote (floors passed) | reject (floors missed) ─ register ─ evaluate
+
+All of it runs inside an exit handler whose task closes the pipeline's MLflow run: FINISHED, or
+FAILED when any step failed.
+
+Caching: ingest and heatmaps are pure functions of the raw data's content (``data_version``, a
+digest computed by ``open_run``, which itself never caches) and of the preset, so a rerun on
+unchanged data reuses them and a run on new data never does. Training, evaluation,
+registration and promotion write to MLflow and are never served from cache.
+
+On Kubernetes the training steps ask for one NVIDIA GPU, tolerate GPU-node taints and get a
+memory-backed ``/dev/shm``; kfp.local ignores these settings.
+"""
+
+# No postponed annotations here: kfp reads the pipeline's parameter types from them.
+from pathlib import Path
+
+from kfp import dsl, kubernetes
+
+from components.evaluate import evaluate
+from components.heatmaps import heatmaps
+from components.ingest import ingest
+from components.pretrain import pretrain
+from components.promote import load_policy, promote_challenger, reject_challenger
+from components.register import register
+from components.tracking import close_run, open_run
+from components.train_stage import train_stage
+
+PIPELINE_NAME = "cxr-gaze-training"
+POLICY_FILE = Path(__file__).resolve().parents[1] / "mlflow" / "promotion.yaml"
+TRAIN_STAGES = ("s1b", "s2", "s3", "s3j")
+"""The stages after pretraining, in order; a stage the preset disables passes weights on."""
+
+GPU_RESOURCE = "nvidia.com/gpu"
+TRAINING_CPU, TRAINING_MEMORY, TRAINING_MEMORY_LIMIT = "4", "16G", "32G"
+SHM_SIZE = "8Gi"
+
+
+def default_policy() -> dict:
+    """The promotion policy of the checkout (``mlflow/promotion.yaml``), as plain data."""
+    return load_policy(POLICY_FILE).model_dump(mode="json")
+
+
+def on_gpu_node(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Training resources: one GPU, CPU and memory for the loader, a memory-backed /dev/shm
+    (PyTorch shares batches through it), scheduling onto tainted GPU nodes."""
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+    task.set_cpu_request(TRAINING_CPU).set_memory_request(TRAINING_MEMORY)
+    task.set_memory_limit(TRAINING_MEMORY_LIMIT)
+    kubernetes.empty_dir_mount(
+        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=SHM_SIZE
+    )
+    kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
+    return task
+
+
+@dsl.pipeline(
+    name=PIPELINE_NAME,
+    description="Dual-encoder multi-task UNet for chest X-ray diagnosis and radiologist gaze: "
+    "ingest, gaze maps, cooperative training, evaluation, registration, promotion.",
+)
+def training_pipeline(
+    raw_dir: str,
+    data_rev: str = "workspace",
+    preset: str = "demo",
+    overrides: list = [],  # noqa: B006 (a pipeline parameter's default, never mutated)
+    promotion_policy: dict = default_policy(),  # noqa: B008 (read once, at definition)
+    tracking_uri: str = "",
+):
+    run_name = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+    closing = close_run(tracking_uri=tracking_uri, pipeline_run_id=run_name)
+    closing.set_caching_options(False).set_display_name("close MLflow run")
+    with dsl.ExitHandler(closing, name="tracked-run"):
+        opened = open_run(
+            raw_dir=raw_dir,
+            data_rev=data_rev,
+            preset=preset,
+            overrides=overrides,
+            tracking_uri=tracking_uri,
+            pipeline_run_id=run_name,
+        ).set_caching_options(False)
+        run_id = opened.outputs["run_id"]
+        packed = ingest(
+            raw_dir=raw_dir,
+            data_version=opened.outputs["data_version"],
+            preset=preset,
+            overrides=overrides,
+        ).set_caching_options(True)
+        store = packed.outputs["store"]
+        maps = heatmaps(store=store, preset=preset, overrides=overrides)
+        maps.set_caching_options(True)
+        gaze = maps.outputs["maps"]
+        stage = on_gpu_node(
+            pretrain(
+                preset=preset,
+                overrides=overrides,
+                store=store,
+                maps=gaze,
+                tracking_uri=tracking_uri,
+                parent_run_id=run_id,
+            )
+        )
+        stage.set_caching_options(False).set_display_name("train s1a (contrastive)")
+        for name in TRAIN_STAGES:
+            stage = on_gpu_node(
+                train_stage(
+                    stage=name,
+                    preset=preset,
+                    overrides=overrides,
+                    store=store,
+                    maps=gaze,
+                    init_model=stage.outputs["model"],
+                    tracking_uri=tracking_uri,
+                    parent_run_id=run_id,
+                )
+            )
+            stage.set_caching_options(False).set_display_name(f"train {name}")
+        scored = evaluate(
+            preset=preset,
+            overrides=overrides,
+            store=store,
+            maps=gaze,
+            model=stage.outputs["model"],
+            promotion_policy=promotion_policy,
+            tracking_uri=tracking_uri,
+            parent_run_id=run_id,
+        ).set_caching_options(False)
+        registered = register(
+            model=stage.outputs["model"],
+            summary=scored.outputs["summary"],
+            preset=preset,
+            overrides=overrides,
+            data_rev=data_rev,
+            data_md5=packed.outputs["data_md5"],
+            pipeline_run_id=run_name,
+            tracking_uri=tracking_uri,
+            parent_run_id=run_id,
+        ).set_caching_options(False)
+        version = registered.outputs["version"]
+        with dsl.If(scored.outputs["passed_floors"] == True, name="floors-passed"):  # noqa: E712
+            promote_challenger(
+                store=store,
+                maps=gaze,
+                version=version,
+                promotion_policy=promotion_policy,
+                tracking_uri=tracking_uri,
+                parent_run_id=run_id,
+            ).set_caching_options(False)
+        with dsl.Else(name="floors-missed"):
+            reject_challenger(
+                version=version,
+                floor_reasons=scored.outputs["floor_reasons"],
+                tracking_uri=tracking_uri,
+                parent_run_id=run_id,
+            ).set_caching_options(False)

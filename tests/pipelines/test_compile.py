@@ -1,0 +1,178 @@
+"""The compiled pipeline: golden IR, DAG shape, GPU requests, caching, Kubernetes settings."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.compile import DEFAULT_IMAGE, compile_pipeline
+from pipelines.training_pipeline import TRAIN_STAGES
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "training_pipeline.yaml"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+TRAINING_TASKS = {"pretrain", "train-stage", "train-stage-2", "train-stage-3", "train-stage-4"}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_pipeline(tmp_path_factory.mktemp("ir") / "pipeline.yaml")
+
+
+@pytest.fixture(scope="module")
+def ir(compiled: Path) -> tuple[dict, dict]:
+    spec, platform = yaml.safe_load_all(compiled.read_text(encoding="utf-8"))
+    return spec, platform
+
+
+def body_tasks(spec: dict) -> dict:
+    return spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+
+
+def test_fresh_compile_matches_golden(compiled: Path) -> None:
+    fresh = compiled.read_text(encoding="utf-8")
+    if UPDATE:
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(fresh, encoding="utf-8")
+    assert GOLDEN.is_file(), f"no golden IR; run UPDATE_GOLDEN=1 pytest {__file__}"
+    assert fresh == GOLDEN.read_text(encoding="utf-8"), (
+        "the compiled pipeline changed; review `diff` against tests/golden/training_pipeline.yaml "
+        "and rerun with UPDATE_GOLDEN=1 if the change is intended"
+    )
+
+
+def test_compile_is_deterministic(compiled: Path, tmp_path: Path) -> None:
+    again = compile_pipeline(tmp_path / "again.yaml")
+    assert again.read_bytes() == compiled.read_bytes()
+
+
+def test_steps_and_edges(ir: tuple[dict, dict]) -> None:
+    spec, _ = ir
+    assert set(spec["root"]["dag"]["tasks"]) == {"exit-handler-1", "close-run"}
+    tasks = body_tasks(spec)
+    assert set(tasks) == {
+        "open-run", "ingest", "heatmaps", *TRAINING_TASKS, "evaluate", "register",
+        "condition-branches-2",
+    }  # fmt: skip
+    deps = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
+    assert deps["ingest"] == {"open-run"}
+    assert deps["heatmaps"] == {"ingest"}
+    assert deps["pretrain"] == {"open-run", "ingest", "heatmaps"}
+    chain = ["pretrain", "train-stage", "train-stage-2", "train-stage-3", "train-stage-4"]
+    for before, after in itertools.pairwise(chain):
+        assert before in deps[after]
+        assert tasks[after]["inputs"]["artifacts"]["init_model"]["taskOutputArtifact"] == {
+            "outputArtifactKey": "model",
+            "producerTask": before,
+        }
+    stages = [tasks[t]["inputs"]["parameters"]["stage"]["runtimeValue"]["constant"]
+              for t in chain[1:]]  # fmt: skip
+    assert stages == list(TRAIN_STAGES)
+    assert "train-stage-4" in deps["evaluate"]
+    assert {"evaluate", "train-stage-4"} <= deps["register"]
+    assert {"evaluate", "register"} <= deps["condition-branches-2"]
+
+
+def test_promotion_is_gated_on_the_floors(ir: tuple[dict, dict]) -> None:
+    spec, _ = ir
+    branches = spec["components"]["comp-condition-branches-2"]["dag"]["tasks"]
+    conditions = {name: task["triggerPolicy"]["condition"] for name, task in branches.items()}
+    assert set(conditions) == {"condition-3", "condition-4"}
+    passed = "inputs.parameter_values['pipelinechannel--evaluate-passed_floors'] == true"
+    assert conditions["condition-3"] == passed
+    assert conditions["condition-4"] == f"!({passed})"
+    assert set(spec["components"]["comp-condition-3"]["dag"]["tasks"]) == {"promote-challenger"}
+    assert set(spec["components"]["comp-condition-4"]["dag"]["tasks"]) == {"reject-challenger"}
+
+
+def test_exit_handler_closes_the_mlflow_run(ir: tuple[dict, dict]) -> None:
+    spec, _ = ir
+    close = spec["root"]["dag"]["tasks"]["close-run"]
+    assert close["triggerPolicy"] == {"strategy": "ALL_UPSTREAM_TASKS_COMPLETED"}
+    assert close["dependentTasks"] == ["exit-handler-1"]
+    assert close["inputs"]["parameters"]["status"] == {
+        "taskFinalStatus": {"producerTask": "exit-handler-1"}
+    }
+    assert close["inputs"]["parameters"]["pipeline_run_id"]["runtimeValue"]["constant"] == (
+        "{{$.pipeline_job_name}}"
+    )
+
+
+def test_caching_only_for_pure_data_steps(ir: tuple[dict, dict]) -> None:
+    spec, _ = ir
+    tasks = body_tasks(spec)
+    cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get(
+        "enableCache")}  # fmt: skip
+    assert cached == {"ingest", "heatmaps"}
+    # The ingest cache key includes the content digest of the raw data.
+    assert tasks["ingest"]["inputs"]["parameters"]["data_version"] == {
+        "taskOutputParameter": {"outputParameterKey": "data_version", "producerTask": "open-run"}
+    }
+    for name in ("open-run", "evaluate", "register", *TRAINING_TASKS):
+        assert tasks[name]["cachingOptions"] == {}, name
+
+
+def test_gpu_requests_and_kubernetes_settings(ir: tuple[dict, dict]) -> None:
+    spec, platform = ir
+    executors = spec["deploymentSpec"]["executors"]
+    gpu = {name for name, ex in executors.items() if "accelerator" in ex["container"].get(
+        "resources", {})}  # fmt: skip
+    assert gpu == {f"exec-{t}" for t in TRAINING_TASKS}
+    for name in gpu:
+        resources = executors[name]["container"]["resources"]
+        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert resources["accelerator"]["resourceCount"] == "1"
+        assert resources["resourceMemoryLimit"] == "32G"
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(k8s) == gpu
+    for settings in k8s.values():
+        assert settings["emptyDirMounts"] == [
+            {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "8Gi", "volumeName": "dshm"}
+        ]
+        assert settings["tolerations"] == [
+            {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}
+        ]
+
+
+def test_every_step_runs_the_project_image_without_installs(ir: tuple[dict, dict]) -> None:
+    spec, _ = ir
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        container = executor["container"]
+        assert container["image"] == DEFAULT_IMAGE, name
+        assert "pip install" not in " ".join(container["command"]), name
+
+
+def test_pipeline_parameters_have_defaults(ir: tuple[dict, dict]) -> None:
+    spec, _ = ir
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == {
+        "raw_dir", "data_rev", "preset", "overrides", "promotion_policy", "tracking_uri",
+    }  # fmt: skip
+    assert "defaultValue" not in params["raw_dir"]
+    assert params["preset"]["defaultValue"] == "demo"
+    policy = yaml.safe_load(
+        (Path(__file__).resolve().parents[2] / "mlflow" / "promotion.yaml").read_text()
+    )
+    assert params["promotion_policy"]["defaultValue"] == policy
+
+
+def test_cli_compile_with_image(tmp_path: Path) -> None:
+    out = tmp_path / "p.yaml"
+    result = CliRunner().invoke(app, ["compile", "-o", str(out), "--image", "reg.io/x/cxr:1.2"])
+    assert result.exit_code == 0, result.output
+    spec, _ = yaml.safe_load_all(out.read_text(encoding="utf-8"))
+    images = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"reg.io/x/cxr:1.2"}
+
+
+def test_cli_compile_rejects_a_bad_image(tmp_path: Path) -> None:
+    out = tmp_path / "p.yaml"
+    result = CliRunner().invoke(app, ["compile", "-o", str(out), "--image", "Not An Image"])
+    assert result.exit_code == 2
+    assert "not a container image reference" in result.output
+    assert not out.exists()

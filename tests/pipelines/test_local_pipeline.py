@@ -1,0 +1,122 @@
+"""The whole training pipeline in kfp.local with the `ci` preset: every step as a subprocess,
+MLflow tracking in a sqlite store, registration and the promotion gate."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from components.registry import MODEL_NAME
+from components.tracking import STEP_TAG
+from model_lib.data.fingerprint import tree_digest
+from model_lib.presets import get_preset
+from pipelines.cli import app
+from pipelines.local_run import PipelineFailed, RunSummary, run_local
+from pipelines.training_pipeline import default_policy
+
+pytestmark = pytest.mark.slow
+
+
+def lenient_policy() -> dict:
+    """The shipped policy with floors a briefly trained `ci` model clears."""
+    policy = default_policy()
+    policy["floors"] = {"auc_macro": 0.0, "cc_mean": -1.0}
+    return policy
+
+
+@pytest.fixture(scope="module")
+def ci_run(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory) -> RunSummary:
+    root = tmp_path_factory.mktemp("pipeline")
+    return run_local(
+        tiny_release,
+        preset="ci",
+        data_rev="v-test",
+        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+        policy=lenient_policy(),
+        pipeline_root=root / "outputs",
+    )
+
+
+@pytest.fixture(scope="module")
+def client(ci_run: RunSummary) -> MlflowClient:
+    return MlflowClient(ci_run.tracking_uri, registry_uri=ci_run.tracking_uri)
+
+
+def test_run_registers_and_promotes_the_first_version(ci_run: RunSummary) -> None:
+    assert ci_run.succeeded
+    assert ci_run.version == "1"
+    assert ci_run.validation_status == "approved"
+    assert ci_run.aliases == {"champion": "1", "challenger": "1"}
+    assert any(r.startswith("info: no champion") for r in ci_run.reasons)
+    assert ci_run.report is not None and "macro AUC" in ci_run.report.read_text()
+    assert set(ci_run.test) == {"auc_macro", "accuracy", "cc_mean", "center_prior_cc_mean"}
+    text = ci_run.text()
+    assert "champion -> v1" in text and "mlflow ui --backend-store-uri sqlite:///" in text
+
+
+def test_parent_run_with_a_nested_run_per_step(ci_run: RunSummary, client: MlflowClient) -> None:
+    parent = client.get_run(ci_run.mlflow_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["data_rev"] == "v-test"
+    assert parent.data.params["preset"] == "ci"
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    steps = {run.data.tags[STEP_TAG]: run for run in children}
+    assert set(steps) == {"s1a", "s1b", "s2", "s3", "s3j", "evaluate", "register", "promote"}
+    assert all(run.info.status == "FINISHED" for run in children)
+    epochs = get_preset("ci").stage("s2").max_epochs
+    history = client.get_metric_history(steps["s2"].info.run_id, "s2/train_loss")
+    assert [m.step for m in history] == list(range(epochs))
+    assert history[-1].value < history[0].value
+    assert steps["s2"].data.params["s2.max_epochs"] == str(epochs)
+    assert "cxrgaze.skipped" in steps["s3j"].data.tags  # 3' is off in the ci preset
+    artifacts = {a.path for a in client.list_artifacts(steps["s2"].info.run_id)}
+    assert {"s2_history.json", "s2_loss.png"} <= artifacts
+    assert "test/auc_macro" in steps["evaluate"].data.metrics
+    assert steps["evaluate"].data.tags["data_rev"] == "v-test"
+
+
+def test_version_lineage(ci_run: RunSummary, client: MlflowClient) -> None:
+    version = client.get_model_version(MODEL_NAME, ci_run.version)
+    tags = version.tags
+    assert tags["pipeline_run_id"] == ci_run.pipeline_run_id
+    assert tags["data_rev"] == "v-test"
+    assert tags["preset"] == "ci"
+    assert tags["git_sha"] and tags["git_sha"] != "unknown"
+    store = ci_run.output_dir / "ingest" / "store"
+    assert tags["data_md5"] == tree_digest(store)
+    assert tags["validation_status"] == "approved"
+
+
+def test_failed_step_marks_the_mlflow_run_failed(tiny_release: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_release, raw)
+    sheet = raw / "egd-cxr" / "master_sheet.csv"
+    pd.read_csv(sheet).drop(columns=["dicom_id"]).to_csv(sheet, index=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(PipelineFailed, match="ingest") as failed:
+        run_local(raw, preset="ci", tracking_uri=uri, pipeline_root=tmp_path / "out")
+    assert "FAILED" in str(failed.value)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("cxr-gaze").experiment_id],
+        filter_string=f"tags.{STEP_TAG} = 'pipeline'",
+    )
+    assert run.info.status == "FAILED"
+    assert run.data.tags["cxrgaze.error"]
+    assert client.search_registered_models() == []
+
+
+def test_cli_run_without_data_is_a_user_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["run", "--raw-dir", str(tmp_path / "none"), "--tracking-uri", "sqlite:///x.db"]
+    )
+    assert result.exit_code == 2
+    assert "no raw release there" in result.output
