@@ -152,7 +152,7 @@ def _run_pipeline(raw_dir: Path, **kwargs) -> None:
     from pipelines.local_run import PipelineFailed, run_local
 
     try:
-        summary = run_local(raw_dir, **kwargs)
+        summary = run_local(raw_dir, verbose=_state["verbose"], **kwargs)
     except PipelineFailed as err:
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         sys.exit(1)
@@ -262,3 +262,146 @@ def compile_(
 
     path = compile_pipeline(out, image or DEFAULT_IMAGE)
     typer.echo(f"wrote {path} (image {image or DEFAULT_IMAGE})")
+
+
+Host = Annotated[
+    str,
+    typer.Option(
+        envvar="KFP_HOST",
+        help="Kubeflow Pipelines API URL; the bearer token, if any, comes from KFP_TOKEN.",
+    ),
+]
+ClusterRawDir = Annotated[
+    str, typer.Option(help="Raw release (egd-cxr/ + mimic-cxr/) as the pods see it.")
+]
+Image = Annotated[str, typer.Option(help="Project image every step runs in (when compiling).")]
+PipelineFile = Annotated[
+    Path | None,
+    typer.Option(help="Upload this IR YAML (`cxrgaze compile`) instead of compiling."),
+]
+ClusterTrackingUri = Annotated[
+    str, typer.Option(help="MLflow URI for the steps; empty: the pods' MLFLOW_TRACKING_URI.")
+]
+ClusterPolicy = Annotated[
+    Path | None, typer.Option(help="Promotion policy YAML; default: the one compiled in.")
+]
+Experiment = Annotated[str, typer.Option(help="KFP experiment (created when absent).")]
+
+
+def _cluster_arguments(
+    raw_dir: str,
+    preset: str,
+    overrides: list[str] | None,
+    data_rev: str,
+    tracking_uri: str,
+    policy: Path | None,
+) -> dict:
+    """The pipeline's parameters, the preset and overrides checked here rather than in a pod."""
+    from model_lib.presets import get_preset
+
+    get_preset(preset, overrides or [])
+    arguments = {
+        "raw_dir": raw_dir,
+        "preset": preset,
+        "overrides": list(overrides or []),
+        "data_rev": data_rev,
+        "tracking_uri": tracking_uri,
+    }
+    if policy is not None:
+        arguments["promotion_policy"] = _policy(policy)
+    return arguments
+
+
+def _on_cluster(call: Callable[[], object]) -> object:
+    """Run ``call``; a cluster that cannot be reached or refuses is one line and status 2."""
+    from pipelines.cluster import ClusterError
+
+    try:
+        return call()
+    except ClusterError as err:
+        if _state["verbose"]:
+            raise
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+@app.command()
+@user_errors
+def submit(
+    host: Host,
+    raw_dir: ClusterRawDir,
+    image: Image = "",
+    preset: Annotated[str, typer.Option(help="paper | demo | ci")] = "demo",
+    overrides: Overrides = None,
+    data_rev: Annotated[str, typer.Option(help="Data revision label (DVC/git rev).")] = "workspace",
+    tracking_uri: ClusterTrackingUri = "",
+    policy: ClusterPolicy = None,
+    experiment: Experiment = "cxr-gaze",
+    run_name: Annotated[str, typer.Option(help="Run display name; default: name + time.")] = "",
+    pipeline_file: PipelineFile = None,
+) -> None:
+    """Upload the training pipeline to Kubeflow Pipelines and start one run.
+
+    The first upload creates the pipeline; later ones add a version named by time and content.
+
+    Example: KFP_TOKEN=... cxrgaze submit --host https://kubeflow.example.org/pipeline
+    --raw-dir s3://cxr-data/raw/egd --image registry.example.org/cxr-gaze:0.1.0 --preset paper
+    """
+    from pipelines.cluster import submit as submit_run
+
+    arguments = _cluster_arguments(raw_dir, preset, overrides, data_rev, tracking_uri, policy)
+    result = _on_cluster(
+        lambda: submit_run(
+            host,
+            arguments=arguments,
+            image=image or None,
+            experiment=experiment,
+            run_name=run_name or None,
+            pipeline_file=pipeline_file,
+        )
+    )
+    typer.echo(result.describe())
+
+
+@app.command()
+@user_errors
+def schedule(
+    host: Host,
+    raw_dir: ClusterRawDir,
+    cron: Annotated[
+        str, typer.Option(help="6 fields, seconds first: '0 0 3 * * 1' is Mondays 03:00.")
+    ],
+    name: Annotated[str, typer.Option(help="Recurring run name; reusing it replaces it.")],
+    image: Image = "",
+    preset: Annotated[str, typer.Option(help="paper | demo | ci")] = "demo",
+    overrides: Overrides = None,
+    data_rev: Annotated[str, typer.Option(help="Data revision label (DVC/git rev).")] = "workspace",
+    tracking_uri: ClusterTrackingUri = "",
+    policy: ClusterPolicy = None,
+    experiment: Experiment = "cxr-gaze",
+    pipeline_file: PipelineFile = None,
+) -> None:
+    """Schedule the training pipeline on Kubeflow Pipelines (a recurring run).
+
+    One run at a time, no back-fill of missed slots; scheduling an existing name replaces it.
+
+    Example: KFP_TOKEN=... cxrgaze schedule --host https://kubeflow.example.org/pipeline
+    --raw-dir s3://cxr-data/raw/egd --cron '0 0 3 * * 1' --name weekly-retrain --preset paper
+    """
+    from pipelines.cluster import schedule as schedule_run
+    from pipelines.cluster import validate_cron
+
+    validate_cron(cron)  # a typo fails before the preset is even looked at
+    arguments = _cluster_arguments(raw_dir, preset, overrides, data_rev, tracking_uri, policy)
+    result = _on_cluster(
+        lambda: schedule_run(
+            host,
+            cron=cron,
+            name=name,
+            arguments=arguments,
+            image=image or None,
+            experiment=experiment,
+            pipeline_file=pipeline_file,
+        )
+    )
+    typer.echo(result.describe())

@@ -8,11 +8,15 @@ given MLflow URI (default ``sqlite:///mlflow.db`` with artifacts in ``mlruns/`` 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
+import sys
+import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,7 @@ class RunSummary:
     reasons: list[str] = field(default_factory=list)
     aliases: dict[str, str] = field(default_factory=dict)
     report: Path | None = None
+    log: Path | None = None
 
     def text(self) -> str:
         state = "SUCCEEDED" if self.succeeded else "FAILED"
@@ -71,6 +76,8 @@ class RunSummary:
         if self.report is not None:
             lines.append(f"  report: {self.report}")
         lines.append(f"  outputs: {self.output_dir}")
+        if self.log is not None:
+            lines.append(f"  step logs: {self.log}")
         if self.mlflow_run_id:
             lines.append(f"  MLflow run {self.mlflow_run_id} ({self.mlflow_status})")
         ui = (
@@ -80,6 +87,64 @@ class RunSummary:
         )
         lines.append(f"  MLflow UI: {ui}  (then open http://127.0.0.1:5000)")
         return "\n".join(lines)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '([^']+)'")
+_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+
+
+class _Progress(threading.Thread):
+    """Follows kfp.local's log file and prints one line per step as it starts and ends."""
+
+    def __init__(self, log_path: Path, out: Any) -> None:
+        super().__init__(daemon=True)
+        self.log_path, self.out = log_path, out
+        self.done = threading.Event()
+        self.started: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    def _line(self, raw: str) -> None:
+        line = _ANSI.sub("", raw)
+        now = time.perf_counter()
+        if match := _STARTED.search(line):
+            self.started[match[1]] = now
+            print(f"  [{now - self.t0:5.0f} s] {match[1]} ...", file=self.out, flush=True)
+        elif match := _FINISHED.search(line):
+            took = now - self.started.get(match[1], now)
+            print(f"  [{now - self.t0:5.0f} s] {match[1]}: {match[2].lower()} ({took:.0f} s)",
+                  file=self.out, flush=True)  # fmt: skip
+
+    def run(self) -> None:
+        with self.log_path.open(encoding="utf-8", errors="replace") as log:
+            while True:
+                line = log.readline()
+                if line:
+                    self._line(line)
+                elif self.done.is_set():
+                    return
+                else:
+                    time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _quiet_steps(log_path: Path, verbose: bool) -> Iterator[None]:
+    """Send kfp.local's output (every step's full log) to ``log_path``; show one progress line
+    per step instead, unless ``verbose``."""
+    if verbose:
+        yield
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w", encoding="utf-8") as sink:
+        progress = _Progress(log_path, sys.stdout)
+        progress.start()
+        try:
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                yield
+        finally:
+            sink.flush()
+            progress.done.set()
+            progress.join()
 
 
 def _new_run_dir(root: Path, before: set[str], pipeline_name: str) -> Path | None:
@@ -132,6 +197,7 @@ def run_local(
     policy: Mapping[str, Any] | None = None,
     pipeline_root: Path = DEFAULT_PIPELINE_ROOT,
     cache: bool = False,
+    verbose: bool = False,
 ) -> RunSummary:
     """Run :func:`~pipelines.training_pipeline.training_pipeline` with kfp.local.
 
@@ -139,6 +205,8 @@ def run_local(
         raw_dir: the raw release (``egd-cxr/`` + ``mimic-cxr/``).
         policy: promotion thresholds (default: the checkout's ``mlflow/promotion.yaml``).
         cache: reuse ingest and heatmaps outputs of earlier runs on the same data content.
+        verbose: print every step's log; otherwise one line per step, and the logs go to
+            ``<pipeline_root>/<run name>.log``.
 
     Raises:
         FileNotFoundError: no raw release at ``raw_dir``.
@@ -168,8 +236,9 @@ def run_local(
     before = {p.name for p in root.iterdir()}
     start = time.perf_counter()
     error: Exception | None = None
+    log_path = root / f".{PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     try:
-        with warnings.catch_warnings():
+        with _quiet_steps(log_path, verbose), warnings.catch_warnings():
             # GPU, CPU, memory and Kubernetes settings are for the cluster; kfp.local warns that
             # it ignores them, once per training step.
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner")
@@ -187,7 +256,10 @@ def run_local(
     run_dir = _new_run_dir(root, before, PIPELINE_NAME)
     if run_dir is None:
         raise PipelineFailed(f"the pipeline did not start: {error}") from error
+    if log_path.is_file():
+        log_path = log_path.rename(root / f"{run_dir.name}.log")
     summary = summarise(run_dir.name, run_dir, tracking_uri, error is None, seconds)
+    summary.log = log_path if log_path.is_file() else None
     if error is not None:
         raise PipelineFailed(f"{error}\n{summary.text()}") from error
     return summary

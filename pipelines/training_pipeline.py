@@ -34,7 +34,8 @@ from components.tracking import close_run, open_run
 from components.train_stage import train_stage
 
 PIPELINE_NAME = "cxr-gaze-training"
-POLICY_FILE = Path(__file__).resolve().parents[1] / "mlflow" / "promotion.yaml"
+POLICY_FILE = Path("mlflow") / "promotion.yaml"
+"""Relative to the checkout (or the image's /app): beside this package, else the working folder."""
 TRAIN_STAGES = ("s1b", "s2", "s3", "s3j")
 """The stages after pretraining, in order; a stage the preset disables passes weights on."""
 
@@ -45,7 +46,8 @@ SHM_SIZE = "8Gi"
 
 def default_policy() -> dict:
     """The promotion policy of the checkout (``mlflow/promotion.yaml``), as plain data."""
-    return load_policy(POLICY_FILE).model_dump(mode="json")
+    beside = Path(__file__).resolve().parents[1] / POLICY_FILE
+    return load_policy(beside if beside.is_file() else POLICY_FILE).model_dump(mode="json")
 
 
 def on_gpu_node(task: dsl.PipelineTask) -> dsl.PipelineTask:

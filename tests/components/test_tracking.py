@@ -139,3 +139,25 @@ def test_reject_branch_tags_the_version_and_keeps_the_champion(
         [client.get_run(parent).info.experiment_id], filter_string=f"tags.{STEP_TAG} = 'promote'"
     )
     assert promote_run.data.tags[VALIDATION_STATUS_TAG] == "rejected"
+
+
+@pytest.mark.slow
+def test_pipeline_tracking_through_a_real_server(mlflow_server, request) -> None:
+    """The same calls against ``mlflow server`` with artifacts on S3 (moto): a step's files go
+    through the server into the bucket."""
+    import boto3
+
+    uri = mlflow_server.url
+    pipeline = f"pipe-{request.node.name}"
+    parent = open_run(uri, pipeline)
+    with step_run(uri, parent, "evaluate") as run:
+        mlflow.log_text("<html>report</html>", "evaluation/report.html")
+        mlflow.log_metric("test/auc_macro", 0.9)
+    assert close_run_step(uri, pipeline, "SUCCEEDED") == "FINISHED"
+    client = MlflowClient(uri)
+    assert client.get_run(parent).info.status == "FINISHED"
+    assert client.get_run(run.info.run_id).data.metrics == {"test/auc_macro": 0.9}
+    s3 = boto3.client("s3", endpoint_url=mlflow_server.s3_endpoint)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=mlflow_server.bucket)["Contents"]]
+    assert any(k.endswith(f"{run.info.run_id}/artifacts/evaluation/report.html") for k in keys)
+    assert any(k.endswith(f"{parent}/artifacts/config.json") for k in keys)

@@ -1,0 +1,459 @@
+"""Submit and schedule the training pipeline on a Kubeflow Pipelines cluster (``kfp.Client``).
+
+Every call uploads the IR it runs: the first as the pipeline ``cxr-gaze-training``, later ones as
+new versions of it named by time and content digest. The cluster so keeps the history of what
+ran, and each run or schedule points at one exact version, never at "the latest".
+
+The bearer token comes from the environment (``KFP_TOKEN``) only: it is never an argument, a
+log line or part of an error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import kfp
+import yaml
+
+from pipelines.training_pipeline import PIPELINE_NAME
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "KFP_TOKEN"
+DEFAULT_EXPERIMENT = "cxr-gaze"
+CRON_FIELDS = ("second", "minute", "hour", "day-of-month", "month", "day-of-week")
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*?/,#L-]+$")
+T = TypeVar("T")
+
+
+class ClusterError(Exception):
+    """Talking to Kubeflow Pipelines failed; the message names the host and what was asked."""
+
+
+class ClusterUnreachable(ClusterError, ConnectionError):
+    """Nothing answers at the host (refused, unknown name, TLS failure)."""
+
+
+class ClusterRequestFailed(ClusterError):
+    """The host answered with an HTTP error (bad token, missing permission, rejected input)."""
+
+
+@dataclass(frozen=True)
+class PipelineVersion:
+    """The uploaded pipeline version a run or schedule points at."""
+
+    pipeline_id: str
+    version_id: str
+    version_name: str
+    new_pipeline: bool
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """One run started from an uploaded version; ``url`` opens it in the KFP UI."""
+
+    host: str
+    version: PipelineVersion
+    experiment_id: str
+    run_id: str
+    run_name: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}/#/runs/details/{self.run_id}"
+
+    def describe(self) -> str:
+        return "\n".join(
+            [
+                _describe_version(self.host, self.version),
+                f"experiment {self.experiment_id}",
+                f"run {self.run_name!r} {self.run_id}: {self.url}",
+            ]
+        )
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """A recurring run on an uploaded version; ``replaced`` lists the ones it deleted."""
+
+    host: str
+    version: PipelineVersion
+    experiment_id: str
+    recurring_run_id: str
+    name: str
+    cron: str
+    replaced: tuple[str, ...]
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}/#/recurringrun/details/{self.recurring_run_id}"
+
+    def describe(self) -> str:
+        lines = [_describe_version(self.host, self.version), f"experiment {self.experiment_id}"]
+        if self.replaced:
+            lines.append(f"deleted the previous recurring run(s) {', '.join(self.replaced)}")
+        lines.append(
+            f"recurring run {self.name!r} {self.recurring_run_id} on cron {self.cron!r}: {self.url}"
+        )
+        return "\n".join(lines)
+
+
+def _describe_version(host: str, version: PipelineVersion) -> str:
+    what = "new pipeline" if version.new_pipeline else "new version"
+    url = f"{host}/#/pipelines/details/{version.pipeline_id}/version/{version.version_id}"
+    return f"{what} {PIPELINE_NAME} / {version.version_name} {version.version_id}: {url}"
+
+
+def validate_cron(cron: str) -> str:
+    """``cron`` stripped, if it is the 6-field form KFP's scheduler (robfig/cron) reads.
+
+    Raises:
+        ValueError: not 6 fields, or a field with characters cron does not use.
+    """
+    fields = cron.split()
+    if len(fields) != len(CRON_FIELDS):
+        raise ValueError(
+            f"cron {cron!r} has {len(fields)} field(s); Kubeflow Pipelines wants "
+            f"{len(CRON_FIELDS)} ({' '.join(CRON_FIELDS)}), e.g. '0 0 3 * * 1' for "
+            "Mondays at 03:00"
+        )
+    for field, value in zip(CRON_FIELDS, fields, strict=True):
+        if not _CRON_FIELD.match(value):
+            raise ValueError(f"cron {cron!r}: the {field} field {value!r} is not cron syntax")
+    return " ".join(fields)
+
+
+def validate_host(host: str) -> str:
+    """``host`` without a trailing slash, if it is an http(s) URL.
+
+    Raises:
+        ValueError: no http:// or https:// scheme (kfp would silently assume https).
+    """
+    if not re.match(r"^https?://[^/\s]+", host):
+        raise ValueError(f"host {host!r} is not an http:// or https:// URL")
+    return host.rstrip("/")
+
+
+def submit(
+    host: str,
+    *,
+    arguments: dict[str, Any],
+    image: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    pipeline_file: Path | None = None,
+) -> Submitted:
+    """Upload the pipeline (compiled for ``image``, or ``pipeline_file``) and start one run.
+
+    Args:
+        host: Kubeflow Pipelines API endpoint, e.g. ``https://kubeflow.example.org/pipeline``.
+        arguments: pipeline parameters (``raw_dir``, ``preset``, ``overrides``, ...).
+        image: project image every step runs in (default :data:`pipelines.compile.DEFAULT_IMAGE`).
+        experiment: KFP experiment, created when absent.
+        run_name: display name of the run (default: pipeline name and UTC time).
+        pipeline_file: an IR YAML from ``cxrgaze compile``, uploaded instead of compiling.
+
+    Raises:
+        ValueError: bad host, or a pipeline file that is not this pipeline's IR.
+        FileNotFoundError: ``pipeline_file`` does not exist.
+        ClusterUnreachable: nothing answers at ``host``.
+        ClusterRequestFailed: the cluster refused a request.
+    """
+    host = validate_host(host)
+    _check_package(pipeline_file, image)
+    with _quiet(), tempfile.TemporaryDirectory() as tmp:
+        package = _package(pipeline_file, image, Path(tmp))  # a bad image fails before a request
+        client = _connect(host)
+        version = _upload(client, host, package)
+        experiment_id = _experiment(client, host, experiment)
+        run_name = run_name or f"{PIPELINE_NAME}-{_stamp()}"
+        run = _ask(
+            host,
+            f"create run {run_name!r}",
+            client.run_pipeline,
+            experiment_id,
+            run_name,
+            params=arguments,
+            pipeline_id=version.pipeline_id,
+            version_id=version.version_id,
+        )
+    log.info("started run %s (%s) of version %s", run_name, run.run_id, version.version_name)
+    return Submitted(host, version, experiment_id, run.run_id, run_name)
+
+
+def schedule(
+    host: str,
+    *,
+    cron: str,
+    name: str,
+    arguments: dict[str, Any],
+    image: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    pipeline_file: Path | None = None,
+) -> Scheduled:
+    """Upload the pipeline and (re)create the recurring run ``name`` on ``cron``.
+
+    KFP cannot update a recurring run in place, so one with the same display name in the
+    experiment is deleted first. At most one run is active at a time (``max_concurrency=1``) and
+    missed slots are not back-filled (``no_catchup``): one retraining after a pause, not a burst.
+
+    Args:
+        cron: 6 fields with seconds first, e.g. ``0 0 3 * * 1`` (Mondays 03:00).
+        name: display name of the recurring run; scheduling it again replaces it.
+        Others as in :func:`submit`.
+
+    Raises:
+        ValueError: bad cron, name or host (before any request), or a bad pipeline file.
+        FileNotFoundError, ClusterUnreachable, ClusterRequestFailed: as in :func:`submit`.
+    """
+    cron = validate_cron(cron)
+    if not name.strip():
+        raise ValueError("the recurring run needs a non-empty name")
+    host = validate_host(host)
+    _check_package(pipeline_file, image)
+    with _quiet(), tempfile.TemporaryDirectory() as tmp:
+        package = _package(pipeline_file, image, Path(tmp))  # a bad image fails before a request
+        client = _connect(host)
+        version = _upload(client, host, package)
+        experiment_id = _experiment(client, host, experiment)
+        replaced = _recurring_runs_named(client, host, experiment_id, name)
+        for old in replaced:
+            _ask(host, f"delete recurring run {old}", client.delete_recurring_run, old)
+            log.info("deleted recurring run %s (%s)", name, old)
+        job = _ask(
+            host,
+            f"create recurring run {name!r}",
+            client.create_recurring_run,
+            experiment_id,
+            job_name=name,
+            cron_expression=cron,
+            max_concurrency=1,
+            no_catchup=True,
+            params=arguments,
+            pipeline_id=version.pipeline_id,
+            version_id=version.version_id,
+        )
+    log.info("scheduled %s (%s) on %r", name, job.recurring_run_id, cron)
+    return Scheduled(
+        host, version, experiment_id, job.recurring_run_id, name, cron, tuple(replaced)
+    )
+
+
+class _Client(kfp.Client):
+    """The stock client, asking for health once when it connects.
+
+    Its own loop retries five times, five seconds apart, logging a traceback each time: a
+    refused token would take 25 s and a screen of noise to report.
+    """
+
+    def get_kfp_healthz(self, sleep_duration: int = 5) -> Any:
+        return self._healthz_api.healthz_service_get_healthz()
+
+
+def _connect(host: str) -> kfp.Client:
+    token = os.environ.get(TOKEN_ENV) or None
+    log.debug("connecting to %s (%s)", host, "bearer token" if token else "no token")
+    with warnings.catch_warnings():
+        # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later": said always.
+        warnings.simplefilter("ignore", FutureWarning)
+        return _ask(host, "check its health", _Client, host=host, existing_token=token)
+
+
+def _check_package(pipeline_file: Path | None, image: str | None) -> None:
+    """Refuse a pipeline file that is missing or not this pipeline's IR, before any request."""
+    if pipeline_file is None:
+        return
+    if image:
+        raise ValueError(
+            f"give an image or a pipeline file, not both: {pipeline_file} names its own image"
+        )
+    path = Path(pipeline_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"pipeline file {path} does not exist")
+    if path.suffix not in (".yaml", ".yml"):
+        raise ValueError(f"pipeline file {path}: expected the IR YAML of `cxrgaze compile`")
+    try:
+        # libyaml's loader when present: the IR is ~50 kB, a tenth of a second in pure Python.
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        spec = next(yaml.load_all(path.read_text(encoding="utf-8"), Loader=loader), None)
+    except yaml.YAMLError as err:
+        raise ValueError(f"pipeline file {path} is not YAML: {err}") from err
+    name = spec.get("pipelineInfo", {}).get("name") if isinstance(spec, dict) else None
+    if name != PIPELINE_NAME:
+        raise ValueError(
+            f"pipeline file {path}: pipelineInfo.name is {name!r}, expected {PIPELINE_NAME!r}"
+        )
+
+
+def _package(pipeline_file: Path | None, image: str | None, tmp: Path) -> Path:
+    if pipeline_file is not None:
+        return Path(pipeline_file)
+    from pipelines.compile import DEFAULT_IMAGE, compile_pipeline
+
+    # KFP reads the package format from the file name; this one is also what the UI shows.
+    return compile_pipeline(tmp / f"{PIPELINE_NAME}.yaml", image or DEFAULT_IMAGE)
+
+
+def version_name(package: Path) -> str:
+    """``cxr-gaze-training-<UTC yyyymmdd-hhmmss>-<sha256[:8] of the file>``."""
+    digest = hashlib.sha256(Path(package).read_bytes()).hexdigest()[:8]
+    return f"{PIPELINE_NAME}-{_stamp()}-{digest}"
+
+
+def _upload(client: kfp.Client, host: str, package: Path) -> PipelineVersion:
+    pipeline_id = _ask(host, "look up the pipeline", client.get_pipeline_id, PIPELINE_NAME)
+    if pipeline_id is None:
+        pipeline = _ask(
+            host,
+            f"upload pipeline {PIPELINE_NAME}",
+            client.upload_pipeline,
+            str(package),
+            pipeline_name=PIPELINE_NAME,
+        )
+        # The upload creates the pipeline's first version; the run must name it explicitly.
+        listed = _ask(
+            host,
+            "list the pipeline's versions",
+            client.list_pipeline_versions,
+            pipeline.pipeline_id,
+            page_size=1,
+            sort_by="created_at desc",
+        )
+        if not listed.pipeline_versions:
+            raise ClusterRequestFailed(
+                f"Kubeflow Pipelines at {host} lists no version of the pipeline it just "
+                f"created ({pipeline.pipeline_id})"
+            )
+        first = listed.pipeline_versions[0]
+        version = PipelineVersion(
+            pipeline.pipeline_id, first.pipeline_version_id, first.display_name, True
+        )
+    else:
+        name = version_name(package)
+        uploaded = _ask(
+            host,
+            f"upload pipeline version {name}",
+            client.upload_pipeline_version,
+            str(package),
+            name,
+            pipeline_id=pipeline_id,
+        )
+        version = PipelineVersion(pipeline_id, uploaded.pipeline_version_id, name, False)
+    log.info("uploaded %s as %s (%s)", package.name, version.version_name, version.version_id)
+    return version
+
+
+def _experiment(client: kfp.Client, host: str, name: str) -> str:
+    # create_experiment returns the experiment of that name when it exists.
+    found = _ask(host, f"get or create experiment {name!r}", client.create_experiment, name)
+    return found.experiment_id
+
+
+def _recurring_runs_named(
+    client: kfp.Client, host: str, experiment_id: str, name: str
+) -> list[str]:
+    by_name = json.dumps(
+        {"predicates": [{"operation": "EQUALS", "key": "display_name", "stringValue": name}]}
+    )
+    found: list[str] = []
+    token = ""
+    while True:
+        page = _ask(
+            host,
+            "list recurring runs",
+            client.list_recurring_runs,
+            page_token=token,
+            page_size=100,
+            experiment_id=experiment_id,
+            filter=by_name,
+        )
+        # The name filter is the server's; the check here keeps a server that ignores it safe.
+        found += [r.recurring_run_id for r in page.recurring_runs or [] if r.display_name == name]
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+def _ask(host: str, what: str, call: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """``call(*args, **kwargs)`` with transport and HTTP errors turned into one-line errors."""
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        return call(*args, **kwargs)
+    except HTTPError as err:
+        raise ClusterUnreachable(
+            f"cannot reach Kubeflow Pipelines at {host} to {what}: {_root_cause(err)}"
+        ) from err
+    except ApiException as err:
+        if not err.status:  # the client's code for TLS and other transport failures
+            raise ClusterUnreachable(
+                f"cannot reach Kubeflow Pipelines at {host} to {what}: {err.reason}"
+            ) from err
+        detail = _server_message(err.body)
+        raise ClusterRequestFailed(
+            f"Kubeflow Pipelines at {host} refused to {what}: HTTP {err.status} {err.reason}"
+            + (f" ({detail})" if detail else "")
+            + (f"; is {TOKEN_ENV} set and current?" if err.status in (401, 403) else "")
+        ) from err
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost OS-level reason ("[Errno 111] Connection refused"), else the error text."""
+    seen = getattr(err, "reason", None) or err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return f"[Errno {seen.errno}] {seen.strerror}"
+        seen = seen.__cause__ or seen.__context__
+    return str(getattr(err, "reason", None) or err)
+
+
+def _server_message(body: Any) -> str:
+    """The ``message`` of a grpc-gateway error body, else its first 200 characters."""
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", errors="replace")
+    if not body:
+        return ""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return str(body).strip()[:200]
+    if isinstance(data, dict):
+        return str(data.get("message") or data.get("error") or "")[:200]
+    return ""
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep the client's "... details: <link>" prints off stdout (the summary names the links)
+    and urllib3's retry warnings off stderr (a failure ends in one error naming the host);
+    both stay visible at DEBUG."""
+    chatter = io.StringIO()
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    pool_level = pool_log.level
+    if not log.isEnabledFor(logging.DEBUG):
+        pool_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(chatter):
+            yield
+    finally:
+        pool_log.setLevel(pool_level)
+        for line in chatter.getvalue().splitlines():
+            log.debug("kfp: %s", line)
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
