@@ -16,6 +16,7 @@ import mlflow
 import torch
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
+from components.ddp_launch import maybe_torchrun
 from components.kfp_step import step_component
 from components.tracking import EpochMetrics, log_stage_artifacts, resolve_tracking_uri, step_run
 from model_lib.presets import get_preset
@@ -38,7 +39,8 @@ def train_stage_step(
     parent_run_id: str,
 ) -> StageOutcome:
     """Train ``stage`` of the preset on the store's train split (selecting on val) and write its
-    best weights to ``weights_out``. Runs on the GPU when there is one."""
+    best weights to ``weights_out``. Runs on the GPU when there is one, data-parallel under
+    torchrun over every visible GPU when there are several (:mod:`components.ddp_launch`)."""
     cfg = get_preset(preset, overrides)
     spec = cfg.stage(stage)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -47,18 +49,25 @@ def train_stage_step(
         step_run(resolve_tracking_uri(tracking_uri), parent_run_id, stage, params) as run,
         tempfile.TemporaryDirectory(prefix=f"cxr-gaze-{stage}-") as work,
     ):
-        outcome = experiment.train_stage(
-            cfg,
-            stage,
-            Path(store),
-            Path(maps),
-            Path(work),
-            Path(weights_out),
-            init_weights=None if init_weights is None else Path(init_weights),
-            callbacks=[EpochMetrics()],
-            progress=False,
-            device=device,
-        )
+        init = None if init_weights is None else Path(init_weights)
+        callbacks = [EpochMetrics()]
+        outcome = maybe_torchrun(
+            stage, preset, overrides, Path(store), Path(maps), Path(work), Path(weights_out),
+            init_weights=init, callbacks=callbacks,
+        )  # fmt: skip
+        if outcome is None:
+            outcome = experiment.train_stage(
+                cfg,
+                stage,
+                Path(store),
+                Path(maps),
+                Path(work),
+                Path(weights_out),
+                init_weights=init,
+                callbacks=callbacks,
+                progress=False,
+                device=device,
+            )
         mlflow.log_metric(f"{stage}/seconds", outcome.seconds)
         if outcome.fit is None:
             mlflow.set_tag("cxrgaze.skipped", f"stage {stage} is disabled in preset {preset}")

@@ -92,7 +92,7 @@ class DataConfig(_Config):
 class SynthConfig(_Config):
     """The synthetic release the demo and the tests use."""
 
-    n_images: int = Field(300, ge=3)
+    n_images: int = Field(420, ge=3)
     seed: int = 0
     scale: float = Field(0.25, gt=0, le=1.0)
 

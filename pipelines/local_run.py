@@ -138,10 +138,16 @@ def _quiet_steps(log_path: Path, verbose: bool) -> Iterator[None]:
     with log_path.open("w", encoding="utf-8") as sink:
         progress = _Progress(log_path, sys.stdout)
         progress.start()
+        root = logging.getLogger()
+        level = root.level
+        # kfp.local also reports through the root logger's existing handlers ("Skipping
+        # conditional task", "Cleaned up workspace"); the log file has those lines already.
+        root.setLevel(logging.WARNING)
         try:
             with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
                 yield
         finally:
+            root.setLevel(level)
             sink.flush()
             progress.done.set()
             progress.join()

@@ -15,7 +15,8 @@ digest computed by ``open_run``, which itself never caches) and of the preset, s
 unchanged data reuses them and a run on new data never does. Training, evaluation,
 registration and promotion write to MLflow and are never served from cache.
 
-On Kubernetes the training steps ask for one NVIDIA GPU, tolerate GPU-node taints and get a
+On Kubernetes the training steps ask for ``gpus_per_stage`` NVIDIA GPUs (default 1; with more,
+a step trains data-parallel over them under torchrun), tolerate GPU-node taints and get a
 memory-backed ``/dev/shm``; kfp.local ignores these settings.
 """
 
@@ -50,10 +51,11 @@ def default_policy() -> dict:
     return load_policy(beside if beside.is_file() else POLICY_FILE).model_dump(mode="json")
 
 
-def on_gpu_node(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """Training resources: one GPU, CPU and memory for the loader, a memory-backed /dev/shm
-    (PyTorch shares batches through it), scheduling onto tainted GPU nodes."""
-    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(1)
+def on_gpu_node(task: dsl.PipelineTask, gpus) -> dsl.PipelineTask:
+    """Training resources: ``gpus`` GPUs (more than one trains data-parallel under torchrun),
+    CPU and memory for the loader, a memory-backed /dev/shm (PyTorch shares batches through
+    it), scheduling onto tainted GPU nodes."""
+    task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
     task.set_cpu_request(TRAINING_CPU).set_memory_request(TRAINING_MEMORY)
     task.set_memory_limit(TRAINING_MEMORY_LIMIT)
     kubernetes.empty_dir_mount(
@@ -75,6 +77,7 @@ def training_pipeline(
     overrides: list = [],  # noqa: B006 (a pipeline parameter's default, never mutated)
     promotion_policy: dict = default_policy(),  # noqa: B008 (read once, at definition)
     tracking_uri: str = "",
+    gpus_per_stage: int = 1,
 ):
     run_name = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
     closing = close_run(tracking_uri=tracking_uri, pipeline_run_id=run_name)
@@ -107,7 +110,8 @@ def training_pipeline(
                 maps=gaze,
                 tracking_uri=tracking_uri,
                 parent_run_id=run_id,
-            )
+            ),
+            gpus_per_stage,
         )
         stage.set_caching_options(False).set_display_name("train s1a (contrastive)")
         for name in TRAIN_STAGES:
@@ -121,7 +125,8 @@ def training_pipeline(
                     init_model=stage.outputs["model"],
                     tracking_uri=tracking_uri,
                     parent_run_id=run_id,
-                )
+                ),
+                gpus_per_stage,
             )
             stage.set_caching_options(False).set_display_name(f"train {name}")
         scored = evaluate(

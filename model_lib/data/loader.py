@@ -7,6 +7,7 @@ starves a training step (see bench/loader.py).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,10 +78,36 @@ class BatchLoader:
         self.seed = seed
         self.drop_last = drop_last
         self.epoch = 0
+        self.rank, self.world_size = 0, 1
 
     def __len__(self) -> int:
         n, b = len(self.data), self.batch_size
         return n // b if self.drop_last else -(-n // b)
+
+    def shard(self, rank: int, world_size: int) -> BatchLoader:
+        """This loader for rank ``rank`` of ``world_size`` data-parallel processes.
+
+        Every rank draws the same global order (``seed + epoch``) and takes its slice of each
+        global batch of ``batch_size`` images: ``batch_size / world_size`` consecutive ones, so
+        the ranks' batches are disjoint and together make the single-process batch. A short
+        last batch is split as evenly as it goes: sizes differ by at most one, and a rank gets
+        an empty batch when there are fewer images than ranks. Every rank sees the same number
+        of batches, as a collective training step needs.
+
+        Raises:
+            ValueError: ``batch_size`` is not a multiple of ``world_size``, or ``rank`` is not
+                in ``0..world_size - 1``.
+        """
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        if self.batch_size % world_size:
+            raise ValueError(
+                f"batch size {self.batch_size} does not split evenly over {world_size} "
+                f"processes; use a multiple of {world_size}"
+            )
+        part = copy.copy(self)
+        part.rank, part.world_size = rank, world_size
+        return part
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -94,6 +121,8 @@ class BatchLoader:
         )
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             rows = order[start : start + self.batch_size]
+            if self.world_size > 1:
+                rows = np.array_split(rows, self.world_size)[self.rank]
             yield self.batch(rows)
 
     def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:

@@ -27,6 +27,15 @@ from model_lib.training.checkpoint import (
     seed_everything,
     set_rng_state,
 )
+from model_lib.training.distributed import (
+    DistributedStage,
+    all_reduce_sum,
+    barrier,
+    broadcast_metrics,
+    is_distributed,
+    is_main_process,
+    shard_loader,
+)
 from model_lib.training.evaluate import stage_val_loss
 from model_lib.training.precision import PrecisionName, PrecisionPlan, resolve_precision
 from model_lib.training.stages import (
@@ -90,9 +99,10 @@ class _Progress:
 
 
 class _StageRun:
-    """The model prepared for one stage, with the optimiser state that goes with it."""
+    """The model prepared for one stage, with the optimiser state that goes with it; under a
+    process group, its forward pass wrapped for data-parallel training (``ddp``)."""
 
-    def __init__(self, model: nn.Module, spec: StageSpec, plan: PrecisionPlan) -> None:
+    def __init__(self, model: nn.Module, spec: StageSpec, plan: PrecisionPlan, seed: int) -> None:
         frozen = frozen_parts(model, spec)
         self.model = plan.place(model)
         self.spec = spec
@@ -113,10 +123,23 @@ class _StageRun:
             self.optimizer, mode="min", factor=spec.lr_factor, patience=spec.lr_patience, eps=0.0
         )
         self.scaler = torch.amp.GradScaler(plan.device.type, enabled=plan.grad_scaler)
+        self.ddp = (
+            DistributedStage(model, spec, self.stage_module, plan.device, seed)
+            if is_distributed()
+            else None
+        )
 
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+    def losses(self, images: Tensor, targets: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """The batch's loss, and what to backpropagate (the same tensor unless distributed)."""
+        if self.ddp is not None:
+            return self.ddp(images, targets)
+        outputs = stage_outputs(self.model, self.spec, images)
+        loss = stage_loss(self.spec, outputs, targets, self.stage_module)
+        return loss, loss
 
     def train_mode(self) -> None:
         """Train mode, except the frozen parts: their batch-norm statistics must not move."""
@@ -167,14 +190,14 @@ def _train_epoch(run: _StageRun, loader: Loader, progress: bool) -> float:
     for batch in tqdm(loader, total=len(loader), leave=False, disable=not progress, unit="batch"):
         targets = {k: batch[k].to(device, non_blocking=True) for k in ("label", "saliency")}
         with run.plan.autocast():
-            outputs = stage_outputs(run.model, run.spec, run.plan.images(batch["image"]))
-            loss = stage_loss(run.spec, outputs, targets, run.stage_module)
+            loss, objective = run.losses(run.plan.images(batch["image"]), targets)
         run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
+        run.scaler.scale(objective).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
         total += loss.detach().double() * len(batch["label"])
         count += len(batch["label"])
+    total, count = all_reduce_sum(total, count)
     if count == 0:
         raise ValueError(f"stage {run.spec.name}: the training loader yielded no batch")
     return float(total) / count
@@ -192,8 +215,15 @@ def _stop_reason(spec: StageSpec, val_loss: float, lr: float, prog: _Progress) -
     return None
 
 
+def _write(path: Path, payload: dict[str, Any]) -> None:
+    """Rank 0 writes (every rank holds the same state); the others wait until it has."""
+    if is_main_process():
+        save_checkpoint(path, payload)
+    barrier()
+
+
 def _save_last(path: Path, run: _StageRun, prog: _Progress) -> None:
-    save_checkpoint(path, {**run.state(), "progress": asdict(prog), "rng": rng_state()})
+    _write(path, {**run.state(), "progress": asdict(prog), "rng": rng_state()})
 
 
 def _resume(path: Path, run: _StageRun) -> _Progress:
@@ -239,18 +269,20 @@ def _train(
     while prog.stopped is None and prog.next_epoch < spec.max_epochs:
         epoch, lr = prog.next_epoch, run.lr
         train_loader.set_epoch(epoch)
+        if run.ddp is not None:
+            run.ddp.set_epoch(epoch)
         metrics = {"train_loss": _train_epoch(run, train_loader, progress)}
-        metrics.update(
-            stage_val_loss(
-                run.model, spec, val_loader, stage_module=run.stage_module, precision=run.plan
-            )
+        # Every rank validates on the whole split; rank 0's numbers decide for all.
+        val = stage_val_loss(
+            run.model, spec, val_loader, stage_module=run.stage_module, precision=run.plan
         )
+        metrics.update(broadcast_metrics(val))
         metrics["lr"] = lr
         val_loss = metrics["val_loss"]
         if math.isfinite(val_loss) and val_loss < prog.best_loss:
             prog.best_loss, prog.best_epoch, prog.bad_epochs = val_loss, epoch, 0
             best = {**run.state(), "epoch": epoch, "metrics": metrics}
-            save_checkpoint(checkpoint_dir / BEST_CHECKPOINT, best)
+            _write(checkpoint_dir / BEST_CHECKPOINT, best)
         else:
             prog.bad_epochs += 1
         run.scheduler.step(val_loss)
@@ -301,9 +333,16 @@ def fit_stage(
     ``seed``; its first ``last.pt`` holds the starting weights, so a kill in the first epoch
     resumes from them too.
 
+    Under an initialised process group (a ``torchrun`` launch) the stage trains data-parallel,
+    as :mod:`model_lib.training.distributed` describes: ``train_loader`` (a
+    :class:`~model_lib.data.loader.BatchLoader`) is sharded over the ranks, rank 0 alone writes
+    checkpoints and calls the callbacks, and every rank returns the same result.
+
     Raises:
         ValueError: ``spec.trains`` names a missing submodule, a loader is empty, or ``last.pt``
-            belongs to a different spec.
+            belongs to a different spec; distributed, the batch size does not split evenly
+            over the ranks.
+        TypeError: distributed, with a training loader that cannot be sharded.
         FloatingPointError: no epoch had a finite validation loss, so there is nothing to keep.
     """
     plan = resolve_precision(precision, device)
@@ -311,10 +350,14 @@ def fit_stage(
     last_path = checkpoint_dir / LAST_CHECKPOINT
     best_path = checkpoint_dir / BEST_CHECKPOINT
     resuming = resume and last_path.is_file()
+    if is_distributed():
+        barrier()  # every rank has looked for last.pt before rank 0 writes one
+        train_loader = shard_loader(train_loader, spec.name)
+        callbacks, progress = (callbacks, progress) if is_main_process() else ((), False)
     if not resuming:
         # Before the stage module is built, so that its initialisation is seeded too.
         seed_everything(seed)
-    run = _StageRun(model, spec, plan)
+    run = _StageRun(model, spec, plan, seed)
     if resuming:
         prog = _resume(last_path, run)
     else:

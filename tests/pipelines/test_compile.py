@@ -126,7 +126,10 @@ def test_gpu_requests_and_kubernetes_settings(ir: tuple[dict, dict]) -> None:
     for name in gpu:
         resources = executors[name]["container"]["resources"]
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
-        assert resources["accelerator"]["resourceCount"] == "1"
+        # The count is the run's `gpus_per_stage` parameter (default 1).
+        assert resources["accelerator"]["resourceCount"] == (
+            "{{$.inputs.parameters['pipelinechannel--gpus_per_stage']}}"
+        )
         assert resources["resourceMemoryLimit"] == "32G"
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert set(k8s) == gpu
@@ -152,7 +155,9 @@ def test_pipeline_parameters_have_defaults(ir: tuple[dict, dict]) -> None:
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {
         "raw_dir", "data_rev", "preset", "overrides", "promotion_policy", "tracking_uri",
+        "gpus_per_stage",
     }  # fmt: skip
+    assert params["gpus_per_stage"]["defaultValue"] == 1
     assert "defaultValue" not in params["raw_dir"]
     assert params["preset"]["defaultValue"] == "demo"
     policy = yaml.safe_load(

@@ -84,15 +84,15 @@ def sample_body(rng: np.random.Generator, gender: str) -> Body:
 
 
 def sample_findings(rng: np.random.Generator, label: int, body: Body) -> Findings:
-    """Class findings with a random severity, Beta(1.7, 1.3): 1 abnormal case in 11 below 0.2."""
-    severity = 0.0 if label == NORMAL else float(rng.beta(1.7, 1.3))
+    """Class findings with a random severity, Beta(2.6, 1.2): 1 abnormal case in 50 below 0.2."""
+    severity = 0.0 if label == NORMAL else float(rng.beta(2.6, 1.2))
     ctr = body.heart_ratio + rng.normal(0.0, 0.01)
     edema, redistribution = 0.0, 0.0
     effusion = (0.0, 0.0)
     consolidation = None
     if label == CHF:
-        ctr += 0.01 + 0.1 * severity + rng.normal(0.0, 0.02)
-        edema = severity * rng.uniform(0.0, 0.7)
+        ctr += 0.02 + 0.12 * severity + rng.normal(0.0, 0.02)
+        edema = severity * rng.uniform(0.2, 0.8)
         redistribution = severity * rng.uniform(0.0, 1.0)
         effusion = tuple(
             float(severity * rng.uniform(0.04, 0.16))
@@ -106,8 +106,8 @@ def sample_findings(rng: np.random.Generator, label: int, body: Body) -> Finding
             zone=ZONES[rng.choice(3, p=[0.25, 0.3, 0.45])],
             along=float(rng.uniform(0.3, 0.7)),
             across=float(rng.uniform(0.2, 0.8)),
-            radius=float(rng.uniform(0.08, 0.18)),
-            density=float(0.3 + 0.65 * severity),
+            radius=float(rng.uniform(0.14, 0.24)),
+            density=float(0.7 + 0.3 * severity),
         )
         if rng.random() < 0.2 * severity:
             effusion = (0.06, 0.0) if consolidation.side == "right" else (0.0, 0.06)
