@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
+from components.data_transfer import materialize
 from components.kfp_step import step_component
 from components.promote import Decision, decide, policy_from_mapping
 from components.register import flatten_metrics
@@ -77,7 +78,8 @@ def evaluate_step(
     model = build_model(cfg.model)
     load_model_weights(model, Path(weights))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = evaluate_experiment(model, cfg, Path(store), Path(maps), device=device)
+    store, maps = materialize(Path(store)), materialize(Path(maps))
+    result = evaluate_experiment(model, cfg, store, maps, device=device)
     summary = result.to_dict()
     scores = Scores(probabilities=result.probs, labels=result.labels, cc=result.saliency["cc"])
     floors = decide(rules, scores, None)

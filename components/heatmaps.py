@@ -18,18 +18,32 @@ def run_heatmaps(
     return write_gaze_maps(Path(store), Path(out), cfg.scaled_heatmap(), progress=progress)
 
 
-def heatmaps_step(store: Path, preset: str, overrides: list[str], out: Path) -> dict[str, int]:
-    """The heatmaps pipeline step, with the data config of the preset; maps per split."""
+def heatmaps_step(
+    store: Path, preset: str, overrides: list[str], out: Path, data_remote: str = ""
+) -> dict[str, int]:
+    """The heatmaps pipeline step, with the data config of the preset; maps per split. The
+    store may be a pointer, and with ``data_remote`` the maps become one too
+    (:mod:`components.data_transfer`)."""
+    import tempfile
+
+    from components.data_transfer import materialize, publish
     from model_lib.presets import get_preset
 
     cfg = get_preset(preset, overrides)
-    summary = run_heatmaps(Path(store), Path(out), cfg.data, progress=False)
+    local_store = materialize(Path(store))
+    if not data_remote:
+        return dict(run_heatmaps(local_store, Path(out), cfg.data, progress=False).split_counts)
+    with tempfile.TemporaryDirectory(prefix="cxr-gaze-maps-") as tmp:
+        summary = run_heatmaps(local_store, Path(tmp) / "maps", cfg.data, progress=False)
+        publish(summary.out_dir, data_remote, Path(out))
     return dict(summary.split_counts)
 
 
 @step_component
-def heatmaps(store: Input[Dataset], preset: str, overrides: list, maps: Output[Dataset]):
+def heatmaps(
+    store: Input[Dataset], preset: str, overrides: list, data_remote: str, maps: Output[Dataset]
+):
     """Ground-truth gaze maps at the model's input size."""
     from components.heatmaps import heatmaps_step
 
-    maps.metadata.update(heatmaps_step(store.path, preset, overrides, maps.path))
+    maps.metadata.update(heatmaps_step(store.path, preset, overrides, maps.path, data_remote))

@@ -92,16 +92,32 @@ def ingest_release(raw_dir: Path, out: Path, cfg: DataConfig) -> IngestResult:
 
 
 def ingest_step(
-    raw_dir: str, preset: str, overrides: list[str], store: Path, report: Path
+    raw_dir: str,
+    preset: str,
+    overrides: list[str],
+    store: Path,
+    report: Path,
+    data_remote: str = "",
 ) -> tuple[dict[str, int], str]:
-    """The ingest pipeline step: the packed store at ``store``, its validation report copied to
-    ``report``; returns the images per split and the md5 of the store's files."""
+    """The ingest pipeline step: the packed store at ``store`` (or, with ``data_remote``, in the
+    object store with a pointer at ``store``: :mod:`components.data_transfer`), its validation
+    report copied to ``report``; returns the images per split and the md5 of the store."""
+    import tempfile
+
+    from components.data_transfer import publish
     from model_lib.data.fingerprint import tree_digest
     from model_lib.presets import get_preset
 
-    result = ingest_release(Path(raw_dir), Path(store), get_preset(preset, overrides).data)
-    shutil.copyfile(result.report_html, report)
-    return result.split_counts, tree_digest(result.store)
+    cfg = get_preset(preset, overrides).data
+    if not data_remote:
+        result = ingest_release(Path(raw_dir), Path(store), cfg)
+        shutil.copyfile(result.report_html, report)
+        return result.split_counts, tree_digest(result.store)
+    with tempfile.TemporaryDirectory(prefix="cxr-gaze-store-") as tmp:
+        result = ingest_release(Path(raw_dir), Path(tmp) / "store", cfg)
+        shutil.copyfile(result.report_html, report)
+        pointer = publish(result.store, data_remote, Path(store))
+    return result.split_counts, pointer["md5"]
 
 
 @step_component
@@ -110,6 +126,7 @@ def ingest(
     data_version: str,
     preset: str,
     overrides: list,
+    data_remote: str,
     store: Output[Dataset],
     report: Output[HTML],
 ) -> NamedTuple("IngestOutputs", [("data_md5", str)]):
@@ -117,6 +134,6 @@ def ingest(
     same store."""
     from components.ingest import ingest_step
 
-    counts, md5 = ingest_step(raw_dir, preset, overrides, store.path, report.path)
+    counts, md5 = ingest_step(raw_dir, preset, overrides, store.path, report.path, data_remote)
     store.metadata.update({"data_version": data_version, "md5": md5, **counts})
     return (md5,)

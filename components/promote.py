@@ -458,10 +458,11 @@ def run_promotion(
 def test_split_arrays(store: Path, maps: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The store's test split as the gate scores it: images (N, 1, H, W) float32 in [0, 1],
     maps (N, H, W) float32, labels (N,)."""
+    from components.data_transfer import materialize
     from model_lib.data.loader import open_split
     from model_lib.data.store import IMAGE_SCALE
 
-    data = open_split(Path(store), Path(maps), "test")
+    data = open_split(materialize(Path(store)), materialize(Path(maps)), "test")
     images = (np.asarray(data.images, dtype=np.float32) / np.float32(IMAGE_SCALE))[:, None]
     return images, np.asarray(data.maps, dtype=np.float32), np.asarray(data.labels)
 

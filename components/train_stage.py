@@ -16,6 +16,7 @@ import mlflow
 import torch
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
+from components.data_transfer import materialize
 from components.ddp_launch import maybe_torchrun
 from components.kfp_step import step_component
 from components.tracking import EpochMetrics, log_stage_artifacts, resolve_tracking_uri, step_run
@@ -43,6 +44,7 @@ def train_stage_step(
     torchrun over every visible GPU when there are several (:mod:`components.ddp_launch`)."""
     cfg = get_preset(preset, overrides)
     spec = cfg.stage(stage)
+    store, maps = materialize(Path(store)), materialize(Path(maps))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     params = {f"{stage}.{k}": v for k, v in spec.model_dump(mode="json").items()}
     with (

@@ -190,6 +190,9 @@ def run(
     cache: Annotated[
         bool, typer.Option(help="Reuse ingest/heatmaps outputs for unchanged data.")
     ] = False,
+    data_remote: Annotated[
+        str, typer.Option(help="Object-store prefix (s3://bucket/prefix) for store and maps.")
+    ] = "",
 ) -> None:
     """Run the training pipeline locally (kfp.local) and print a summary.
 
@@ -206,6 +209,7 @@ def run(
         policy=_policy(policy),
         pipeline_root=pipeline_root,
         cache=cache,
+        data_remote=data_remote,
     )
 
 
@@ -253,6 +257,7 @@ def compile_(
         "pipeline.yaml"
     ),
     image: Annotated[str, typer.Option(help="Project image every step runs in.")] = "",
+    gpus: Gpus = 1,
 ) -> None:
     """Compile the training pipeline to KFP IR YAML for a Kubeflow Pipelines cluster.
 
@@ -260,7 +265,7 @@ def compile_(
     """
     from pipelines.compile import DEFAULT_IMAGE, compile_pipeline
 
-    path = compile_pipeline(out, image or DEFAULT_IMAGE)
+    path = compile_pipeline(out, image or DEFAULT_IMAGE, gpus)
     typer.echo(f"wrote {path} (image {image or DEFAULT_IMAGE})")
 
 
@@ -286,6 +291,10 @@ ClusterPolicy = Annotated[
     Path | None, typer.Option(help="Promotion policy YAML; default: the one compiled in.")
 ]
 Experiment = Annotated[str, typer.Option(help="KFP experiment (created when absent).")]
+DataRemote = Annotated[
+    str, typer.Option(help="s3://bucket/prefix: store and maps pass between steps by URI.")
+]
+Gpus = Annotated[int, typer.Option(min=1, help="GPUs per training step (>1: torchrun DDP).")]
 
 
 def _cluster_arguments(
@@ -295,6 +304,7 @@ def _cluster_arguments(
     data_rev: str,
     tracking_uri: str,
     policy: Path | None,
+    data_remote: str,
 ) -> dict:
     """The pipeline's parameters, the preset and overrides checked here rather than in a pod."""
     from model_lib.presets import get_preset
@@ -306,6 +316,7 @@ def _cluster_arguments(
         "overrides": list(overrides or []),
         "data_rev": data_rev,
         "tracking_uri": tracking_uri,
+        "data_remote": data_remote,
     }
     if policy is not None:
         arguments["promotion_policy"] = _policy(policy)
@@ -339,17 +350,21 @@ def submit(
     experiment: Experiment = "cxr-gaze",
     run_name: Annotated[str, typer.Option(help="Run display name; default: name + time.")] = "",
     pipeline_file: PipelineFile = None,
+    data_remote: DataRemote = "",
+    gpus: Gpus = 1,
 ) -> None:
     """Upload the training pipeline to Kubeflow Pipelines and start one run.
 
     The first upload creates the pipeline; later ones add a version named by time and content.
 
     Example: KFP_TOKEN=... cxrgaze submit --host https://kubeflow.example.org/pipeline
-    --raw-dir s3://cxr-data/raw/egd --image registry.example.org/cxr-gaze:0.1.0 --preset paper
+    --raw-dir /data/egd-cxr-release --image registry.example.org/cxr-gaze:0.1.0 --preset paper
     """
     from pipelines.cluster import submit as submit_run
 
-    arguments = _cluster_arguments(raw_dir, preset, overrides, data_rev, tracking_uri, policy)
+    arguments = _cluster_arguments(
+        raw_dir, preset, overrides, data_rev, tracking_uri, policy, data_remote
+    )
     result = _on_cluster(
         lambda: submit_run(
             host,
@@ -358,6 +373,7 @@ def submit(
             experiment=experiment,
             run_name=run_name or None,
             pipeline_file=pipeline_file,
+            gpus=gpus,
         )
     )
     typer.echo(result.describe())
@@ -380,19 +396,23 @@ def schedule(
     policy: ClusterPolicy = None,
     experiment: Experiment = "cxr-gaze",
     pipeline_file: PipelineFile = None,
+    data_remote: DataRemote = "",
+    gpus: Gpus = 1,
 ) -> None:
     """Schedule the training pipeline on Kubeflow Pipelines (a recurring run).
 
     One run at a time, no back-fill of missed slots; scheduling an existing name replaces it.
 
     Example: KFP_TOKEN=... cxrgaze schedule --host https://kubeflow.example.org/pipeline
-    --raw-dir s3://cxr-data/raw/egd --cron '0 0 3 * * 1' --name weekly-retrain --preset paper
+    --raw-dir /data/egd-cxr-release --cron '0 0 3 * * 1' --name weekly-retrain --preset paper
     """
     from pipelines.cluster import schedule as schedule_run
     from pipelines.cluster import validate_cron
 
     validate_cron(cron)  # a typo fails before the preset is even looked at
-    arguments = _cluster_arguments(raw_dir, preset, overrides, data_rev, tracking_uri, policy)
+    arguments = _cluster_arguments(
+        raw_dir, preset, overrides, data_rev, tracking_uri, policy, data_remote
+    )
     result = _on_cluster(
         lambda: schedule_run(
             host,
@@ -402,6 +422,7 @@ def schedule(
             image=image or None,
             experiment=experiment,
             pipeline_file=pipeline_file,
+            gpus=gpus,
         )
     )
     typer.echo(result.describe())

@@ -155,6 +155,7 @@ def submit(
     experiment: str = DEFAULT_EXPERIMENT,
     run_name: str | None = None,
     pipeline_file: Path | None = None,
+    gpus: int = 1,
 ) -> Submitted:
     """Upload the pipeline (compiled for ``image``, or ``pipeline_file``) and start one run.
 
@@ -165,6 +166,7 @@ def submit(
         experiment: KFP experiment, created when absent.
         run_name: display name of the run (default: pipeline name and UTC time).
         pipeline_file: an IR YAML from ``cxrgaze compile``, uploaded instead of compiling.
+        gpus: GPUs per training step, compiled into the pipeline (ignored with a file).
 
     Raises:
         ValueError: bad host, or a pipeline file that is not this pipeline's IR.
@@ -175,7 +177,7 @@ def submit(
     host = validate_host(host)
     _check_package(pipeline_file, image)
     with _quiet(), tempfile.TemporaryDirectory() as tmp:
-        package = _package(pipeline_file, image, Path(tmp))  # a bad image fails before a request
+        package = _package(pipeline_file, image, gpus, Path(tmp))  # bad image: before a request
         client = _connect(host)
         version = _upload(client, host, package)
         experiment_id = _experiment(client, host, experiment)
@@ -203,6 +205,7 @@ def schedule(
     image: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
     pipeline_file: Path | None = None,
+    gpus: int = 1,
 ) -> Scheduled:
     """Upload the pipeline and (re)create the recurring run ``name`` on ``cron``.
 
@@ -225,7 +228,7 @@ def schedule(
     host = validate_host(host)
     _check_package(pipeline_file, image)
     with _quiet(), tempfile.TemporaryDirectory() as tmp:
-        package = _package(pipeline_file, image, Path(tmp))  # a bad image fails before a request
+        package = _package(pipeline_file, image, gpus, Path(tmp))  # bad image: before a request
         client = _connect(host)
         version = _upload(client, host, package)
         experiment_id = _experiment(client, host, experiment)
@@ -298,13 +301,13 @@ def _check_package(pipeline_file: Path | None, image: str | None) -> None:
         )
 
 
-def _package(pipeline_file: Path | None, image: str | None, tmp: Path) -> Path:
+def _package(pipeline_file: Path | None, image: str | None, gpus: int, tmp: Path) -> Path:
     if pipeline_file is not None:
         return Path(pipeline_file)
     from pipelines.compile import DEFAULT_IMAGE, compile_pipeline
 
     # KFP reads the package format from the file name; this one is also what the UI shows.
-    return compile_pipeline(tmp / f"{PIPELINE_NAME}.yaml", image or DEFAULT_IMAGE)
+    return compile_pipeline(tmp / f"{PIPELINE_NAME}.yaml", image or DEFAULT_IMAGE, gpus)
 
 
 def version_name(package: Path) -> str:

@@ -21,15 +21,18 @@ _IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 """Lower-case registry/repository[:tag][@digest], as container runtimes accept them."""
 
 
-def compile_pipeline(out: Path, image: str = DEFAULT_IMAGE) -> Path:
-    """Write the IR YAML of ``training_pipeline`` to ``out`` with every step on ``image``.
+def compile_pipeline(out: Path, image: str = DEFAULT_IMAGE, gpus: int = 1) -> Path:
+    """Write the IR YAML of the training pipeline to ``out`` with every step on ``image`` and
+    ``gpus`` GPUs per training step.
 
     Raises:
-        ValueError: ``image`` is not a container image reference.
+        ValueError: ``image`` is not a container image reference, or ``gpus`` < 1.
     """
     from kfp import compiler
 
-    from pipelines.training_pipeline import training_pipeline
+    from pipelines.training_pipeline import make_training_pipeline
+
+    training_pipeline = make_training_pipeline(gpus)
 
     if not _IMAGE_REF.match(image):
         raise ValueError(f"image {image!r} is not a container image reference")

@@ -204,6 +204,7 @@ def run_local(
     pipeline_root: Path = DEFAULT_PIPELINE_ROOT,
     cache: bool = False,
     verbose: bool = False,
+    data_remote: str = "",
 ) -> RunSummary:
     """Run :func:`~pipelines.training_pipeline.training_pipeline` with kfp.local.
 
@@ -211,6 +212,8 @@ def run_local(
         raw_dir: the raw release (``egd-cxr/`` + ``mimic-cxr/``).
         policy: promotion thresholds (default: the checkout's ``mlflow/promotion.yaml``).
         cache: reuse ingest and heatmaps outputs of earlier runs on the same data content.
+        data_remote: an object-store prefix (``s3://bucket/prefix``) for the store and maps;
+            the artifacts then hold pointers (:mod:`components.data_transfer`).
         verbose: print every step's log; otherwise one line per step, and the logs go to
             ``<pipeline_root>/<run name>.log``.
 
@@ -255,6 +258,7 @@ def run_local(
                 overrides=list(overrides),
                 promotion_policy=dict(policy) if policy is not None else default_policy(),
                 tracking_uri=tracking_uri,
+                data_remote=data_remote,
             )
     except RuntimeError as err:
         error = err

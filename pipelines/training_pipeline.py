@@ -10,17 +10,22 @@ test evaluation -> registered version -> promotion gate.
 All of it runs inside an exit handler whose task closes the pipeline's MLflow run: FINISHED, or
 FAILED when any step failed.
 
+Bulk data: with ``data_remote`` (``s3://bucket/prefix``) the store and the maps go to the object
+store once and the artifacts between steps are pointers (:mod:`components.data_transfer`); by
+default they are the folders themselves.
+
 Caching: ingest and heatmaps are pure functions of the raw data's content (``data_version``, a
 digest computed by ``open_run``, which itself never caches) and of the preset, so a rerun on
 unchanged data reuses them and a run on new data never does. Training, evaluation,
 registration and promotion write to MLflow and are never served from cache.
 
-On Kubernetes the training steps ask for ``gpus_per_stage`` NVIDIA GPUs (default 1; with more,
-a step trains data-parallel over them under torchrun), tolerate GPU-node taints and get a
-memory-backed ``/dev/shm``; kfp.local ignores these settings.
+On Kubernetes the training steps ask for NVIDIA GPUs (one by default; see
+``make_training_pipeline`` for more, a step then trains data-parallel under torchrun), tolerate
+GPU-node taints and get a memory-backed ``/dev/shm``; kfp.local ignores these settings.
 """
 
 # No postponed annotations here: kfp reads the pipeline's parameter types from them.
+from collections.abc import Callable
 from pathlib import Path
 
 from kfp import dsl, kubernetes
@@ -65,105 +70,120 @@ def on_gpu_node(task: dsl.PipelineTask, gpus) -> dsl.PipelineTask:
     return task
 
 
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description="Dual-encoder multi-task UNet for chest X-ray diagnosis and radiologist gaze: "
-    "ingest, gaze maps, cooperative training, evaluation, registration, promotion.",
-)
-def training_pipeline(
-    raw_dir: str,
-    data_rev: str = "workspace",
-    preset: str = "demo",
-    overrides: list = [],  # noqa: B006 (a pipeline parameter's default, never mutated)
-    promotion_policy: dict = default_policy(),  # noqa: B008 (read once, at definition)
-    tracking_uri: str = "",
-    gpus_per_stage: int = 1,
-):
-    run_name = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
-    closing = close_run(tracking_uri=tracking_uri, pipeline_run_id=run_name)
-    closing.set_caching_options(False).set_display_name("close MLflow run")
-    with dsl.ExitHandler(closing, name="tracked-run"):
-        opened = open_run(
-            raw_dir=raw_dir,
-            data_rev=data_rev,
-            preset=preset,
-            overrides=overrides,
-            tracking_uri=tracking_uri,
-            pipeline_run_id=run_name,
-        ).set_caching_options(False)
-        run_id = opened.outputs["run_id"]
-        packed = ingest(
-            raw_dir=raw_dir,
-            data_version=opened.outputs["data_version"],
-            preset=preset,
-            overrides=overrides,
-        ).set_caching_options(True)
-        store = packed.outputs["store"]
-        maps = heatmaps(store=store, preset=preset, overrides=overrides)
-        maps.set_caching_options(True)
-        gaze = maps.outputs["maps"]
-        stage = on_gpu_node(
-            pretrain(
+def make_training_pipeline(gpus: int = 1) -> Callable:
+    """The pipeline with ``gpus`` GPUs per training step (more than one trains data-parallel
+    under torchrun). The count is fixed when the pipeline is built: kfp.local cannot resolve a
+    GPU count given as a run parameter inside the exit handler's DAG."""
+    if gpus < 1:
+        raise ValueError(f"gpus must be at least 1, got {gpus}")
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Dual-encoder multi-task UNet for chest X-ray diagnosis and radiologist gaze: "
+        "ingest, gaze maps, cooperative training, evaluation, registration, promotion.",
+    )
+    def training_pipeline(
+        raw_dir: str,
+        data_rev: str = "workspace",
+        preset: str = "demo",
+        overrides: list = [],  # noqa: B006 (a pipeline parameter's default, never mutated)
+        promotion_policy: dict = default_policy(),  # noqa: B008 (read once, at definition)
+        tracking_uri: str = "",
+        data_remote: str = "",
+    ):
+        run_name = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
+        closing = close_run(tracking_uri=tracking_uri, pipeline_run_id=run_name)
+        closing.set_caching_options(False).set_display_name("close MLflow run")
+        with dsl.ExitHandler(closing, name="tracked-run"):
+            opened = open_run(
+                raw_dir=raw_dir,
+                data_rev=data_rev,
                 preset=preset,
                 overrides=overrides,
-                store=store,
-                maps=gaze,
                 tracking_uri=tracking_uri,
-                parent_run_id=run_id,
-            ),
-            gpus_per_stage,
-        )
-        stage.set_caching_options(False).set_display_name("train s1a (contrastive)")
-        for name in TRAIN_STAGES:
+                pipeline_run_id=run_name,
+            ).set_caching_options(False)
+            run_id = opened.outputs["run_id"]
+            packed = ingest(
+                raw_dir=raw_dir,
+                data_version=opened.outputs["data_version"],
+                preset=preset,
+                overrides=overrides,
+                data_remote=data_remote,
+            ).set_caching_options(True)
+            store = packed.outputs["store"]
+            maps = heatmaps(
+                store=store, preset=preset, overrides=overrides, data_remote=data_remote
+            )
+            maps.set_caching_options(True)
+            gaze = maps.outputs["maps"]
             stage = on_gpu_node(
-                train_stage(
-                    stage=name,
+                pretrain(
                     preset=preset,
                     overrides=overrides,
                     store=store,
                     maps=gaze,
-                    init_model=stage.outputs["model"],
                     tracking_uri=tracking_uri,
                     parent_run_id=run_id,
                 ),
-                gpus_per_stage,
+                gpus,
             )
-            stage.set_caching_options(False).set_display_name(f"train {name}")
-        scored = evaluate(
-            preset=preset,
-            overrides=overrides,
-            store=store,
-            maps=gaze,
-            model=stage.outputs["model"],
-            promotion_policy=promotion_policy,
-            tracking_uri=tracking_uri,
-            parent_run_id=run_id,
-        ).set_caching_options(False)
-        registered = register(
-            model=stage.outputs["model"],
-            summary=scored.outputs["summary"],
-            preset=preset,
-            overrides=overrides,
-            data_rev=data_rev,
-            data_md5=packed.outputs["data_md5"],
-            pipeline_run_id=run_name,
-            tracking_uri=tracking_uri,
-            parent_run_id=run_id,
-        ).set_caching_options(False)
-        version = registered.outputs["version"]
-        with dsl.If(scored.outputs["passed_floors"] == True, name="floors-passed"):  # noqa: E712
-            promote_challenger(
+            stage.set_caching_options(False).set_display_name("train s1a (contrastive)")
+            for name in TRAIN_STAGES:
+                stage = on_gpu_node(
+                    train_stage(
+                        stage=name,
+                        preset=preset,
+                        overrides=overrides,
+                        store=store,
+                        maps=gaze,
+                        init_model=stage.outputs["model"],
+                        tracking_uri=tracking_uri,
+                        parent_run_id=run_id,
+                    ),
+                    gpus,
+                )
+                stage.set_caching_options(False).set_display_name(f"train {name}")
+            scored = evaluate(
+                preset=preset,
+                overrides=overrides,
                 store=store,
                 maps=gaze,
-                version=version,
+                model=stage.outputs["model"],
                 promotion_policy=promotion_policy,
                 tracking_uri=tracking_uri,
                 parent_run_id=run_id,
             ).set_caching_options(False)
-        with dsl.Else(name="floors-missed"):
-            reject_challenger(
-                version=version,
-                floor_reasons=scored.outputs["floor_reasons"],
+            registered = register(
+                model=stage.outputs["model"],
+                summary=scored.outputs["summary"],
+                preset=preset,
+                overrides=overrides,
+                data_rev=data_rev,
+                data_md5=packed.outputs["data_md5"],
+                pipeline_run_id=run_name,
                 tracking_uri=tracking_uri,
                 parent_run_id=run_id,
             ).set_caching_options(False)
+            version = registered.outputs["version"]
+            with dsl.If(scored.outputs["passed_floors"] == True, name="floors-passed"):  # noqa: E712
+                promote_challenger(
+                    store=store,
+                    maps=gaze,
+                    version=version,
+                    promotion_policy=promotion_policy,
+                    tracking_uri=tracking_uri,
+                    parent_run_id=run_id,
+                ).set_caching_options(False)
+            with dsl.Else(name="floors-missed"):
+                reject_challenger(
+                    version=version,
+                    floor_reasons=scored.outputs["floor_reasons"],
+                    tracking_uri=tracking_uri,
+                    parent_run_id=run_id,
+                ).set_caching_options(False)
+
+    return training_pipeline
+
+
+training_pipeline = make_training_pipeline()

@@ -44,7 +44,7 @@ API = "/apis/v2beta1"
 IMAGE = "registry.example.org/cxr-gaze:9.9.9"
 TOKEN = "s3cr3t-t0ken-value"
 ARGS = {
-    "raw_dir": "s3://cxr-data/raw/egd",
+    "raw_dir": "/data/egd-cxr-release",
     "preset": "ci",
     "overrides": ["stages.s2.max_epochs=1"],
     "data_rev": "v3",
@@ -439,7 +439,7 @@ def test_an_unreachable_host_raises_naming_it(closed_port: int, compiled: Path) 
 
 
 def test_cli_submit_and_schedule_print_the_links(api: KfpApi, host: str, compiled: Path) -> None:
-    common = ["--host", host, "--raw-dir", "s3://cxr-data/raw/egd", "--preset", "ci",
+    common = ["--host", host, "--raw-dir", "/data/egd-cxr-release", "--preset", "ci",
               "--set", "stages.s2.max_epochs=1", "--data-rev", "v3",
               "--pipeline-file", str(compiled)]  # fmt: skip
     submitted = runner.invoke(app, ["submit", *common, "--experiment", "retrain"])
@@ -448,8 +448,9 @@ def test_cli_submit_and_schedule_print_the_links(api: KfpApi, host: str, compile
     assert f"{host}/#/runs/details/{run_id}" in submitted.output
     parameters = api.runs[run_id]["runtime_config"]["parameters"]
     assert parameters == {
-        "raw_dir": "s3://cxr-data/raw/egd", "preset": "ci",
+        "raw_dir": "/data/egd-cxr-release", "preset": "ci",
         "overrides": ["stages.s2.max_epochs=1"], "data_rev": "v3", "tracking_uri": "",
+        "data_remote": "",
     }  # fmt: skip
     assert [e["display_name"] for e in api.experiments.values()] == ["retrain"]
 

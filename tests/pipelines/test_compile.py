@@ -126,10 +126,7 @@ def test_gpu_requests_and_kubernetes_settings(ir: tuple[dict, dict]) -> None:
     for name in gpu:
         resources = executors[name]["container"]["resources"]
         assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
-        # The count is the run's `gpus_per_stage` parameter (default 1).
-        assert resources["accelerator"]["resourceCount"] == (
-            "{{$.inputs.parameters['pipelinechannel--gpus_per_stage']}}"
-        )
+        assert resources["accelerator"]["resourceCount"] == "1"
         assert resources["resourceMemoryLimit"] == "32G"
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert set(k8s) == gpu
@@ -155,9 +152,9 @@ def test_pipeline_parameters_have_defaults(ir: tuple[dict, dict]) -> None:
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {
         "raw_dir", "data_rev", "preset", "overrides", "promotion_policy", "tracking_uri",
-        "gpus_per_stage",
+        "data_remote",
     }  # fmt: skip
-    assert params["gpus_per_stage"]["defaultValue"] == 1
+    assert params["data_remote"]["defaultValue"] == ""
     assert "defaultValue" not in params["raw_dir"]
     assert params["preset"]["defaultValue"] == "demo"
     policy = yaml.safe_load(
@@ -173,6 +170,18 @@ def test_cli_compile_with_image(tmp_path: Path) -> None:
     spec, _ = yaml.safe_load_all(out.read_text(encoding="utf-8"))
     images = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
     assert images == {"reg.io/x/cxr:1.2"}
+
+
+def test_gpus_per_training_step_are_fixed_at_compile_time(tmp_path: Path) -> None:
+    spec, _ = yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", gpus=4).read_text())
+    counts = {
+        name: ex["container"]["resources"]["accelerator"]["resourceCount"]
+        for name, ex in spec["deploymentSpec"]["executors"].items()
+        if "accelerator" in ex["container"].get("resources", {})
+    }
+    assert counts == {f"exec-{t}": "4" for t in TRAINING_TASKS}
+    with pytest.raises(ValueError, match="at least 1"):
+        compile_pipeline(tmp_path / "q.yaml", gpus=0)
 
 
 def test_cli_compile_rejects_a_bad_image(tmp_path: Path) -> None:

@@ -1,9 +1,13 @@
 """The whole training pipeline in kfp.local with the `ci` preset: every step as a subprocess,
-MLflow tracking in a sqlite store, registration and the promotion gate."""
+MLflow tracking in a sqlite store, registration and the promotion gate. The successful run
+passes the store and maps between steps by URI through an S3 server (moto); the failing one
+keeps them local."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -11,9 +15,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+from components.data_transfer import POINTER_FILE
 from components.registry import MODEL_NAME
 from components.tracking import STEP_TAG
-from model_lib.data.fingerprint import tree_digest
 from model_lib.presets import get_preset
 from pipelines.cli import app
 from pipelines.local_run import PipelineFailed, RunSummary, run_local
@@ -29,17 +33,30 @@ def lenient_policy() -> dict:
     return policy
 
 
+BUCKET = "cxr-gaze-pipeline-data"
+
+
 @pytest.fixture(scope="module")
-def ci_run(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory) -> RunSummary:
+def ci_run(
+    tiny_release: Path, tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str
+) -> Iterator[RunSummary]:
+    import boto3
+
     root = tmp_path_factory.mktemp("pipeline")
-    return run_local(
-        tiny_release,
-        preset="ci",
-        data_rev="v-test",
-        tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-        policy=lenient_policy(),
-        pipeline_root=root / "outputs",
-    )
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=BUCKET)
+    with pytest.MonkeyPatch.context() as env:
+        # The steps are subprocesses: they find the S3 server through the environment.
+        env.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+        env.setenv("CXRGAZE_DATA_CACHE", str(root / "data-cache"))
+        yield run_local(
+            tiny_release,
+            preset="ci",
+            data_rev="v-test",
+            tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+            policy=lenient_policy(),
+            pipeline_root=root / "outputs",
+            data_remote=f"s3://{BUCKET}/ci",
+        )
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +107,24 @@ def test_version_lineage(ci_run: RunSummary, client: MlflowClient) -> None:
     assert tags["data_rev"] == "v-test"
     assert tags["preset"] == "ci"
     assert tags["git_sha"] and tags["git_sha"] != "unknown"
-    store = ci_run.output_dir / "ingest" / "store"
-    assert tags["data_md5"] == tree_digest(store)
+    pointer = json.loads((ci_run.output_dir / "ingest" / "store" / POINTER_FILE).read_text())
+    assert tags["data_md5"] == pointer["md5"]
     assert tags["validation_status"] == "approved"
+
+
+def test_store_and_maps_passed_by_uri(ci_run: RunSummary, s3_endpoint: str) -> None:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="ci/")["Contents"]}
+    for step, output in (("ingest", "store"), ("heatmaps", "maps")):
+        artifact = ci_run.output_dir / step / output
+        assert [p.name for p in artifact.iterdir()] == [POINTER_FILE]
+        pointer = json.loads((artifact / POINTER_FILE).read_text())
+        prefix = pointer["uri"].removeprefix(f"s3://{BUCKET}/")
+        assert {f"{prefix}/{rel}" for rel in pointer["files"]} <= keys
+    assert any(k.endswith("/train/images.npy") for k in keys)
+    assert any(k.endswith("/train/maps.npy") for k in keys)
 
 
 def test_failed_step_marks_the_mlflow_run_failed(tiny_release: Path, tmp_path: Path) -> None:
