@@ -12,7 +12,15 @@ import os
 import sys
 from pathlib import Path
 
-CASES = ("bench.heatmap", "bench.ingest", "bench.loader", "bench.train_step", "bench.inference")
+CASES = (
+    "bench.heatmap",
+    "bench.ingest",
+    "bench.loader",
+    "bench.train_step",
+    "bench.inference",
+    "bench.gpu_step",
+    "bench.pipeline",
+)
 RESULTS = Path(__file__).with_name("results.json")
 
 
@@ -22,7 +30,7 @@ def main(names: list[str]) -> int:
         rows.extend(importlib.import_module(module_name).run())
     print(f"\n{'case':46} {'value':>14} {'baseline':>12} {'ratio':>9} {'target':>8}")
     for r in rows:
-        value = f"{r['value']:.6g} {r['unit']}"
+        value = "skipped" if r["value"] is None else f"{r['value']:.6g} {r['unit']}"
         print(f"{r['name']:46} {value:>14} {_num(r['baseline']):>12} {_num(r['ratio']):>9} "
               f"{_num(r['target']):>8}")  # fmt: skip
     tmp = RESULTS.with_suffix(".json.tmp")

@@ -310,7 +310,7 @@ class StaleDecision(RuntimeError):
     """The champion changed between the decision and the promotion; re-run the gate."""
 
 
-def _append_history(client: MlflowClient, model_name: str, version: str, line: str) -> None:
+def append_alias_history(client: MlflowClient, model_name: str, version: str, line: str) -> None:
     mv = client.get_model_version(model_name, version)
     history = mv.tags.get(ALIAS_HISTORY_TAG)
     value = f"{history}\n{line}" if history else line
@@ -389,11 +389,11 @@ def promote(
             client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, current_version)
             was = "none" if previous is None else f"v{previous.version}"
             moves.append(f"{now} {PREVIOUS_CHAMPION} -> v{current_version} (was {was})")
-            _append_history(client, model_name, current_version, moves[-1])
+            append_alias_history(client, model_name, current_version, moves[-1])
         client.set_registered_model_alias(model_name, CHAMPION, version)
         was = "none" if current_version is None else f"v{current_version}"
         moves.append(f"{now} {CHAMPION} -> v{version} (was {was})")
-        _append_history(client, model_name, version, moves[-1])
+        append_alias_history(client, model_name, version, moves[-1])
         for move in moves:
             logger.info("%s: %s", model_name, move)
 

@@ -426,3 +426,46 @@ def schedule(
         )
     )
     typer.echo(result.describe())
+
+
+model_app = typer.Typer(help="The registered model: rollback.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("rollback")
+@user_errors
+def model_rollback(tracking_uri: TrackingUri = "sqlite:///mlflow.db") -> None:
+    """Point `champion` back at `previous_champion` (no retraining; safe to repeat).
+
+    Example: cxrgaze model rollback --tracking-uri http://mlflow.example.org
+    """
+    from components.model_ops import NothingToRollBack, rollback_champion
+
+    try:
+        typer.echo(rollback_champion(tracking_uri).describe())
+    except NothingToRollBack as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+@app.command()
+@user_errors
+def lineage(
+    version: Annotated[str, typer.Argument(help="Version number or alias (champion, ...).")],
+    tracking_uri: TrackingUri = "sqlite:///mlflow.db",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Where a registered version came from: data, code, preset, metrics, gate, run.
+
+    Example: cxrgaze lineage champion
+    """
+    import json
+
+    from components.model_ops import lineage_text, version_lineage
+
+    try:
+        info = version_lineage(tracking_uri, version)
+    except LookupError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    typer.echo(json.dumps(info, indent=2) if as_json else lineage_text(info))

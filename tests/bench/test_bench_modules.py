@@ -16,6 +16,8 @@ def test_the_runner_lists_every_case() -> None:
         "bench.loader",
         "bench.train_step",
         "bench.inference",
+        "bench.gpu_step",
+        "bench.pipeline",
     }
 
 
@@ -24,3 +26,14 @@ def test_case_module_exposes_run(name: str) -> None:
     module = importlib.import_module(name)
     assert callable(module.run)
     assert callable(module.main)
+
+
+def test_gpu_case_reports_itself_skipped_without_cuda() -> None:
+    import torch
+
+    from bench import gpu_step
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the case measures instead")
+    (row,) = gpu_step.run()
+    assert row["value"] is None and "skipped" in row["name"]
