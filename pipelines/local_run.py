@@ -248,9 +248,11 @@ def run_local(
     log_path = root / f".{PIPELINE_NAME}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     try:
         with _quiet_steps(log_path, verbose), warnings.catch_warnings():
-            # GPU, CPU, memory and Kubernetes settings are for the cluster; kfp.local warns that
-            # it ignores them, once per training step.
+            # GPU, CPU, memory and Kubernetes settings are for the cluster; kfp.local warns
+            # that it ignores them, once per training step.
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner")
+            # The steps' image is this environment (use_venv=False), which kfp cannot know.
+            warnings.filterwarnings("ignore", message=".*custom or non-Python base image")
             training_pipeline(
                 raw_dir=str(raw_dir),
                 data_rev=data_rev,
