@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,7 @@ from model_lib.metrics import (
 )
 from model_lib.models import CenterPriorBaseline, build_model
 from model_lib.training.callbacks import Callback
-from model_lib.training.chain import run_stages, split_loaders
+from model_lib.training.chain import LoaderFactory, run_stages, split_loaders
 from model_lib.training.checkpoint import (
     load_checkpoint,
     load_model_weights,
@@ -172,6 +173,30 @@ def _record_config(cfg: ExperimentConfig, workdir: Path) -> None:
     tmp.replace(path)
 
 
+@contextmanager
+def _prepared(
+    cfg: ExperimentConfig, store_dir: Path, maps_dir: Path, workdir: Path
+) -> Iterator[tuple[nn.Module, LoaderFactory]]:
+    """Checked inputs, the config recorded in ``workdir``, ``cfg.num_threads`` torch threads for
+    the block, and the seeded network with loaders over the train and val splits."""
+    _check_inputs(cfg, store_dir, maps_dir)
+    _record_config(cfg, workdir)
+    threads = torch.get_num_threads()
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        seed_everything(cfg.seed)
+        model = build_model(cfg.model)
+        loaders = split_loaders(
+            open_split(store_dir, maps_dir, "train"),
+            open_split(store_dir, maps_dir, "val"),
+            seed=cfg.seed,
+        )
+        yield model, loaders
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train_experiment(
     cfg: ExperimentConfig,
     store_dir: Path,
@@ -199,19 +224,7 @@ def train_experiment(
     stages = cfg.enabled_stages
     if not stages:
         raise ValueError("the experiment enables no stage")
-    _check_inputs(cfg, store_dir, maps_dir)
-    _record_config(cfg, workdir)
-    threads = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
-    try:
-        seed_everything(cfg.seed)
-        model = build_model(cfg.model)
-        loaders = split_loaders(
-            open_split(store_dir, maps_dir, "train"),
-            open_split(store_dir, maps_dir, "val"),
-            seed=cfg.seed,
-        )
+    with _prepared(cfg, store_dir, maps_dir, workdir) as (model, loaders):
         results: dict[str, FitResult] = {}
         seconds: dict[str, float] = {}
         for spec in stages:
@@ -230,8 +243,6 @@ def train_experiment(
                 )
             )
             seconds[spec.name] = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
     return ExperimentResult(
         model=model,
         stages=results,
@@ -287,21 +298,9 @@ def train_stage(
             raise ValueError(f"stage {stage} is disabled and there are no weights to pass on")
         save_checkpoint(weights_out, {"model": load_checkpoint(init_weights)["model"]})
         return StageOutcome(fit=None, weights=weights_out, seconds=time.perf_counter() - start)
-    _check_inputs(cfg, store_dir, maps_dir)
-    _record_config(cfg, workdir)
-    threads = torch.get_num_threads()
-    if cfg.num_threads is not None:
-        torch.set_num_threads(cfg.num_threads)
-    try:
-        seed_everything(cfg.seed)
-        model = build_model(cfg.model)
+    with _prepared(cfg, store_dir, maps_dir, workdir) as (model, loaders):
         if init_weights is not None:
             load_model_weights(model, Path(init_weights))
-        loaders = split_loaders(
-            open_split(store_dir, maps_dir, "train"),
-            open_split(store_dir, maps_dir, "val"),
-            seed=cfg.seed,
-        )
         fit = run_stages(
             model,
             [spec],
@@ -313,8 +312,6 @@ def train_stage(
             precision=precision,
             seed=cfg.seed,
         )[stage]
-    finally:
-        torch.set_num_threads(threads)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(weights_out, {"model": state, "stage": stage, "best_epoch": fit.best_epoch})
     return StageOutcome(fit=fit, weights=weights_out, seconds=time.perf_counter() - start)
