@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +40,7 @@ from model_lib.metrics import (
 )
 from model_lib.models import CenterPriorBaseline, build_model
 from model_lib.training.callbacks import Callback
-from model_lib.training.chain import LoaderFactory, run_stages, split_loaders
+from model_lib.training.chain import run_stages, split_loaders
 from model_lib.training.checkpoint import (
     load_checkpoint,
     load_model_weights,
@@ -50,6 +50,7 @@ from model_lib.training.checkpoint import (
 from model_lib.training.evaluate import predict
 from model_lib.training.fit import FitResult
 from model_lib.training.precision import PrecisionName
+from model_lib.training.stages import StageSpec
 
 if TYPE_CHECKING:
     # model_lib.presets imports this package (for the stage specs): no runtime import back.
@@ -175,10 +176,15 @@ def _record_config(cfg: ExperimentConfig, workdir: Path) -> None:
 
 @contextmanager
 def _prepared(
-    cfg: ExperimentConfig, store_dir: Path, maps_dir: Path, workdir: Path
-) -> Iterator[tuple[nn.Module, LoaderFactory]]:
+    cfg: ExperimentConfig,
+    store_dir: Path,
+    maps_dir: Path,
+    workdir: Path,
+    **fit_options: Any,
+) -> Iterator[tuple[nn.Module, Callable[[StageSpec], FitResult]]]:
     """Checked inputs, the config recorded in ``workdir``, ``cfg.num_threads`` torch threads for
-    the block, and the seeded network with loaders over the train and val splits."""
+    the block, the seeded network, and a function that fits it for one stage on the train split
+    (selecting on val), checkpointing under ``workdir`` (``fit_options`` go to ``fit_stage``)."""
     _check_inputs(cfg, store_dir, maps_dir)
     _record_config(cfg, workdir)
     threads = torch.get_num_threads()
@@ -192,7 +198,18 @@ def _prepared(
             open_split(store_dir, maps_dir, "val"),
             seed=cfg.seed,
         )
-        yield model, loaders
+
+        def fit(spec: StageSpec) -> FitResult:
+            return run_stages(
+                model,
+                [spec],
+                loaders,
+                checkpoint_dir=workdir / CHECKPOINTS_DIR,
+                seed=cfg.seed,
+                **fit_options,
+            )[spec.name]
+
+        yield model, fit
     finally:
         torch.set_num_threads(threads)
 
@@ -224,24 +241,14 @@ def train_experiment(
     stages = cfg.enabled_stages
     if not stages:
         raise ValueError("the experiment enables no stage")
-    with _prepared(cfg, store_dir, maps_dir, workdir) as (model, loaders):
+    options = {"device": device, "callbacks": callbacks, "progress": progress,
+               "precision": precision}  # fmt: skip
+    with _prepared(cfg, store_dir, maps_dir, workdir, **options) as (model, fit):
         results: dict[str, FitResult] = {}
         seconds: dict[str, float] = {}
         for spec in stages:
             start = time.perf_counter()
-            results.update(
-                run_stages(
-                    model,
-                    [spec],
-                    loaders,
-                    checkpoint_dir=workdir / CHECKPOINTS_DIR,
-                    device=device,
-                    callbacks=callbacks,
-                    progress=progress,
-                    precision=precision,
-                    seed=cfg.seed,
-                )
-            )
+            results[spec.name] = fit(spec)
             seconds[spec.name] = time.perf_counter() - start
     return ExperimentResult(
         model=model,
@@ -298,20 +305,12 @@ def train_stage(
             raise ValueError(f"stage {stage} is disabled and there are no weights to pass on")
         save_checkpoint(weights_out, {"model": load_checkpoint(init_weights)["model"]})
         return StageOutcome(fit=None, weights=weights_out, seconds=time.perf_counter() - start)
-    with _prepared(cfg, store_dir, maps_dir, workdir) as (model, loaders):
+    options = {"device": device, "callbacks": callbacks, "progress": progress,
+               "precision": precision}  # fmt: skip
+    with _prepared(cfg, store_dir, maps_dir, workdir, **options) as (model, fit_one):
         if init_weights is not None:
             load_model_weights(model, Path(init_weights))
-        fit = run_stages(
-            model,
-            [spec],
-            loaders,
-            checkpoint_dir=workdir / CHECKPOINTS_DIR,
-            device=device,
-            callbacks=callbacks,
-            progress=progress,
-            precision=precision,
-            seed=cfg.seed,
-        )[stage]
+        fit = fit_one(spec)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     save_checkpoint(weights_out, {"model": state, "stage": stage, "best_epoch": fit.best_epoch})
     return StageOutcome(fit=fit, weights=weights_out, seconds=time.perf_counter() - start)
