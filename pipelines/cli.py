@@ -181,7 +181,9 @@ def run(
     raw_dir: Annotated[Path, typer.Option(help="Raw release: egd-cxr/ + mimic-cxr/.")],
     preset: Annotated[str, typer.Option(help="paper | demo | ci")] = "demo",
     overrides: Overrides = None,
-    data_rev: Annotated[str, typer.Option(help="Data revision label (DVC/git rev).")] = "workspace",
+    data_rev: Annotated[
+        str, typer.Option(help="Git revision (tag, sha) of the DVC-tracked --raw-dir to train on.")
+    ] = "workspace",
     tracking_uri: TrackingUri = "sqlite:///mlflow.db",
     policy: Policy = Path("mlflow/promotion.yaml"),
     pipeline_root: Annotated[Path, typer.Option(help="Where step outputs go.")] = Path(
@@ -197,9 +199,20 @@ def run(
     """Run the training pipeline locally (kfp.local) and print a summary.
 
     Steps: ingest, gaze maps, every training stage, evaluation, registration, promotion gate.
+    With --data-rev, --raw-dir is a DVC-tracked folder read as it was at that git revision
+    (copied out through DVC; the workspace is left as it is).
 
     Example: cxrgaze run --raw-dir runs/demo/raw --preset demo --set stages.s2.max_epochs=4
+
+    Example: cxrgaze run --raw-dir data/raw/synthetic --data-rev data-v1 --preset ci
     """
+    if data_rev != "workspace":
+        from pipelines.data_versions import materialize, repo_root
+
+        root = repo_root()
+        copy = materialize(root, raw_dir.resolve(), data_rev, root / "runs" / "data-revs")
+        typer.echo(f"{raw_dir} at {data_rev} ({copy.commit[:12]}, md5 {copy.md5}): {copy.path}")
+        raw_dir, data_rev = copy.path, copy.label(data_rev)
     _run_pipeline(
         raw_dir,
         preset=preset,
@@ -469,3 +482,48 @@ def lineage(
         typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     typer.echo(json.dumps(info, indent=2) if as_json else lineage_text(info))
+
+
+data_app = typer.Typer(
+    help="Versions of data/raw (git + DVC): list, roll back, push.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("versions")
+@user_errors
+def data_versions(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every version of every data/raw folder in the git history: commit, tags, md5, images.
+
+    Example: cxrgaze data versions
+    """
+    import json
+
+    from pipelines.data_versions import list_versions, repo_root, versions_text
+
+    versions = list_versions(repo_root())
+    if as_json:
+        typer.echo(json.dumps([v.to_dict() for v in versions], indent=2))
+    else:
+        typer.echo(versions_text(versions))
+
+
+@data_app.command("rollback")
+@user_errors
+def data_rollback(
+    rev: Annotated[str, typer.Argument(help="Git tag, branch or commit whose data to restore.")],
+    remote: Annotated[
+        str | None, typer.Option(help="DVC remote to fetch from when the cache lacks the data.")
+    ] = None,
+) -> None:
+    """Restore data/raw (and its derived outputs) to REV with git + DVC, and commit the change.
+
+    Code and params.yaml are left as they are; history only grows (a new commit).
+
+    Example: cxrgaze data rollback data-v1
+    """
+    from pipelines.data_versions import repo_root, rollback
+
+    typer.echo(rollback(repo_root(), rev, remote=remote).describe())

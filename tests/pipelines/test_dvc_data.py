@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import boto3
 import pytest
 import yaml
 
+from tests.pipelines.gitdvc import dvc, git, init_repo, tree_hashes
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore")
 PROJECT_DIRS = ("model_lib", "components", "pipelines")
 OUTS = ("data/raw/synthetic", "data/processed/store", "data/processed/heatmaps")
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(
-        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 def data_hashes(repo: Path) -> dict[str, str]:
@@ -56,7 +37,7 @@ def set_params(repo: Path, **synth: object) -> None:
 def dvc_repo(tmp_path: Path) -> Path:
     """The project's DVC stages and code in a fresh git repo, with tiny parameters."""
     repo = tmp_path / "repo"
-    repo.mkdir()
+    init_repo(repo, tmp_path / "remote")
     for name in PROJECT_FILES:
         shutil.copy2(ROOT / name, repo / name)
     for name in PROJECT_DIRS:
@@ -66,32 +47,9 @@ def dvc_repo(tmp_path: Path) -> Path:
     params["data"]["native_scale"] = 0.1
     params["data"]["geometry"]["target_hw"] = [80, 64]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = dvc_env()
-    run(["git", "init", "-q", "-b", "main"], repo, env)
-    run([str(BIN / "dvc"), "init", "-q"], repo, env)
-    run([str(BIN / "dvc"), "config", "core.analytics", "false"], repo, env)
-    run([str(BIN / "dvc"), "remote", "add", "-d", "local", str(tmp_path / "remote")], repo, env)
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", "project"], repo, env)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "project")
     return repo
-
-
-def dvc_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    env.update(
-        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org",
-        GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.org",
-    )  # fmt: skip
-    return env
-
-
-def dvc(repo: Path, *args: str) -> str:
-    return run([str(BIN / "dvc"), *args], repo, dvc_env())
-
-
-def git(repo: Path, *args: str) -> str:
-    return run(["git", *args], repo, dvc_env())
 
 
 def test_repro_push_pull_and_rollback(dvc_repo: Path, s3_endpoint: str) -> None:
