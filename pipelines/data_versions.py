@@ -335,7 +335,7 @@ def _short(md5: str | None) -> str:
 
 
 def _git(root: Path, *args: str, check: bool = True) -> str:
-    proc = subprocess.run(  # nosec B603 - fixed git arguments, no shell
+    proc = subprocess.run(  # nosec B603  # fixed git arguments, no shell
         ["git", *args], cwd=root, capture_output=True, text=True, check=False
     )
     if check and proc.returncode != 0:

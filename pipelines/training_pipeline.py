@@ -64,7 +64,11 @@ def on_gpu_node(task: dsl.PipelineTask, gpus) -> dsl.PipelineTask:
     task.set_cpu_request(TRAINING_CPU).set_memory_request(TRAINING_MEMORY)
     task.set_memory_limit(TRAINING_MEMORY_LIMIT)
     kubernetes.empty_dir_mount(
-        task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=SHM_SIZE
+        task,
+        volume_name="dshm",
+        mount_path="/dev/shm",  # nosec B108  # the pod memory volume, not a host temp dir
+        medium="Memory",
+        size_limit=SHM_SIZE,
     )
     kubernetes.add_toleration(task, key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")
     return task
