@@ -2,6 +2,10 @@
 
 The validation report is written either way: inside the store on success, beside it
 (``<out>.validation.{json,html}``) on failure, so a failed ingest leaves no dataset behind.
+
+Identifying DICOM header fields (``data.phi_policy``): only the whitelisted header fields are ever
+read out of a DICOM, so their values never reach the store, the report or the logs. Validation
+names the files that fill them, by field name: an error under "fail", a warning under "strip".
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import NamedTuple
 from kfp.dsl import HTML, Dataset, Output
 
 from components.ingest_checks import ValidationFailed, validate_egd
+from components.ingest_suites import PHI_SUITE
 from components.kfp_step import step_component
 from model_lib.config import DataConfig
 from model_lib.data.egd_cxr import load_egd_cxr
@@ -53,11 +58,16 @@ def run_ingest(
     tables = load_egd_cxr(Path(egd_root), Path(images_root))
     log.info("read %d images, %d gaze samples, %d fixations from %s", len(tables.master),
              len(tables.gaze), len(tables.fixations), egd_root)  # fmt: skip
-    report = validate_egd(tables, read_image_headers(tables), expected_images=expected_images)
+    headers, identifying = read_image_headers(tables)
+    report = validate_egd(tables, headers, expected_images=expected_images,
+                          identifying=identifying, phi_policy=cfg.phi_policy)  # fmt: skip
     if not report.success:
         failed_json, failed_html = _report_paths(out.parent, f"{out.name}.validation")
         report.write(failed_json, failed_html)
         raise ValidationFailed(report, failed_html)
+    for check in report.warnings:  # under "strip": files per identifying field, names only
+        if check.suite == PHI_SUITE:
+            log.warning("%s", check.line())
     splits = assign_splits(tables.master, cfg.split)
     summary = pack_dataset(
         tables,

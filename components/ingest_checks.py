@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from components.ingest_suites import Severity, SuiteSpec, build_suites
+from model_lib.config import PhiPolicy
 from model_lib.data.egd_cxr import EgdTables
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,8 @@ def validate_egd(
     *,
     expected_images: int | None = None,
     outside_warn_fraction: float = 0.25,
+    identifying: pd.DataFrame | None = None,
+    phi_policy: PhiPolicy = "fail",
 ) -> ValidationReport:
     """Validate one EGD-CXR release with Great Expectations.
 
@@ -186,6 +189,9 @@ def validate_egd(
         Columns). Its index labels name the records of the "DICOM headers" suite.
     expected_images: the release's image count (1,083 for PhysioNet egd-cxr 1.0.0), if known.
     outside_warn_fraction: warn when more gaze rows than this fall outside the image.
+    identifying: per image, the identifying DICOM fields it fills (names only), as
+        ``read_image_headers`` returns them; checked under ``phi_policy`` ("fail": errors,
+        "strip": warnings). None skips the check (hand-built headers without files).
     """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -195,6 +201,8 @@ def validate_egd(
         headers,
         expected_images=expected_images,
         outside_warn_fraction=outside_warn_fraction,
+        identifying=identifying,
+        phi_policy=phi_policy,
     )
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)

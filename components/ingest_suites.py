@@ -10,7 +10,8 @@ Every expectation carries ``meta``: ``severity`` ("error" fails the step, "warni
 ``order`` (its place in the suite), ``rule`` (a sentence) and ``show`` (source columns whose
 values illustrate a failure better than a derived value does).
 
-The checks follow datasets.md 1.13 (E1-E19), 1.10 and 4.5. Not checked here: E17 (``stay_id`` is
+The checks follow datasets.md 1.13 (E1-E19), 1.10 and 4.5; the "DICOM identifying fields" suite
+applies ``data.phi_policy`` (:mod:`model_lib.data.phi`). Not checked here: E17 (``stay_id`` is
 stale; nothing joins on it), E20 (the released heatmaps are not read; the project makes its own),
 E21 (patient-grouped splitting belongs to the split step).
 """
@@ -25,10 +26,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from model_lib.config import PhiPolicy
 from model_lib.data import schema
 from model_lib.data.egd_cxr import EgdTables
 from model_lib.data.geometry import display_pads, screen_to_native
-from model_lib.data.packing import HEADER_TABLE_COLUMNS
+from model_lib.data.packing import HEADER_TABLE_COLUMNS, IDENTIFYING_TABLE_COLUMNS
+from model_lib.data.phi import IDENTIFYING_FIELDS
 
 Severity = Literal["error", "warning"]
 
@@ -129,8 +132,11 @@ def build_suites(
     *,
     expected_images: int | None,
     outside_warn_fraction: float,
+    identifying: pd.DataFrame | None = None,
+    phi_policy: PhiPolicy = "fail",
 ) -> list[SuiteSpec]:
-    """Every suite of one EGD-CXR release, in report order."""
+    """Every suite of one EGD-CXR release, in report order; the identifying-fields suite only
+    when ``identifying`` (as ``packing.read_image_headers`` returns it) is given."""
     sizes = _image_sizes(headers)
     ids = list(_column(tables.master, "dicom_id").dropna().unique())
     gaze = {"pads": _pads_by_id(tables.master), "sizes": sizes, "master_ids": ids,
@@ -145,6 +151,7 @@ def build_suites(
         transcript_suite(tables.transcripts, ids),
         phrase_suite(tables.phrases, ids),
         header_suite(headers, ids),
+        *([] if identifying is None else [identifying_suite(identifying, phi_policy)]),
     ]
 
 
@@ -389,6 +396,38 @@ def header_suite(headers: pd.DataFrame, master_ids: list[str]) -> SuiteSpec:
     spec.add(gxe.ExpectColumnValuesToBeInSet, column="ViewPosition", value_set=["PA", "AP"])
     spec.add(gxe.ExpectColumnValuesToBeBetween, column="window_width_first", min_value=0,
              strict_min=True)  # fmt: skip
+    return spec
+
+
+PHI_SUITE = "DICOM identifying fields"
+PHI_RULES: dict[PhiPolicy, str] = {
+    "fail": "no identifying DICOM field is filled (data.phi_policy=fail; 'strip' would ingest "
+    "the release keeping only the whitelisted fields)",
+    "strip": "identifying DICOM fields are stripped: only the whitelisted header fields leave "
+    "ingest (data.phi_policy=strip)",
+}
+
+
+def identifying_suite(identifying: pd.DataFrame, policy: PhiPolicy) -> SuiteSpec:
+    """Identifying DICOM fields (names only): one check over every file, and one per field that
+    some file fills, so the report counts files per field. Severity: "error" under policy "fail",
+    "warning" under "strip"."""
+    import great_expectations.expectations as gxe
+
+    name = PHI_SUITE
+    if not _has_columns(identifying, IDENTIFYING_TABLE_COLUMNS):
+        return _columns_only(name, identifying, IDENTIFYING_TABLE_COLUMNS)
+    per_file = identifying["identifying_fields"].fillna("").str.split(", ")
+    flags = {f: per_file.map(lambda names, f=f: f in names) for f in IDENTIFYING_FIELDS}
+    found = {f: filled for f, filled in flags.items() if filled.any()}
+    spec = SuiteSpec(name, identifying.assign(**found))
+    severity: Severity = "error" if policy == "fail" else "warning"
+    rule = PHI_RULES[policy]
+    spec.add(gxe.ExpectColumnValuesToBeInSet, column="identifying_fields", value_set=[""],
+             severity=severity, rule=rule, show=["file", "identifying_fields"])  # fmt: skip
+    for field_name in found:
+        spec.add(gxe.ExpectColumnValuesToBeInSet, column=field_name, value_set=[False],
+                 severity=severity, rule=rule, show=["file"])  # fmt: skip
     return spec
 
 

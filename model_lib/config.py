@@ -63,6 +63,10 @@ class SplitConfig(_Config):
         return self
 
 
+PhiPolicy = Literal["fail", "strip"]
+"""What ingest does with a DICOM that fills identifying header fields (model_lib.data.phi)."""
+
+
 class DataConfig(_Config):
     geometry: GeometryConfig = GeometryConfig()
     heatmap: HeatmapConfig = HeatmapConfig()
@@ -74,6 +78,12 @@ class DataConfig(_Config):
         description="size of the images relative to real MIMIC-CXR: 1 for real data, the "
         "synthetic --scale for scaled-down synthetic data. The canvas and the native-pixel sigma "
         "scale with it so a scaled image fills the target like a real one.",
+    )
+    phi_policy: PhiPolicy = Field(
+        "fail",
+        description="a DICOM with identifying header fields filled: 'fail' stops ingest naming "
+        "each file and field; 'strip' ingests it and reports the fields as a warning. Either "
+        "way only the whitelisted header fields leave ingest, and values are never shown.",
     )
 
     def scaled_geometry(self) -> GeometryConfig:

@@ -10,7 +10,8 @@ Decoding is split in two: :class:`RawImage` holds the stored values and the poin
 1% of them) can map just those. ``read_*`` apply the map to every pixel.
 
 Only the whitelisted, non-identifying :data:`HEADER_FIELDS` ever leave this module: names, ids,
-dates and institutions stay in the file.
+dates and institutions stay in the file. :func:`scan_dicom_header` also says which identifying
+fields a file fills, by name only (:mod:`model_lib.data.phi`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from model_lib.data.errors import DataError
+from model_lib.data.phi import identifying_fields
 
 Header = dict[str, str | int | float | None]
 
@@ -140,6 +142,13 @@ def read_dicom_header(path: str | Path) -> Header:
     returned as is: validation reports it, :func:`read_dicom` rejects it).
     """
     return _header(_dcmread(path, stop_before_pixels=True), path)
+
+
+def scan_dicom_header(path: str | Path) -> tuple[Header, tuple[str, ...]]:
+    """:func:`read_dicom_header` plus the names (never the values) of the identifying fields the
+    file fills (:func:`model_lib.data.phi.identifying_fields`), from one read of the header."""
+    ds = _dcmread(path, stop_before_pixels=True)
+    return _header(ds, path), identifying_fields(ds)
 
 
 def read_dicom(path: str | Path) -> DicomImage:

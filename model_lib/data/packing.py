@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from model_lib.config import GeometryConfig
 from model_lib.data import schema
-from model_lib.data.dicom_io import read_dicom_header
+from model_lib.data.dicom_io import scan_dicom_header
 from model_lib.data.egd_cxr import EgdTables, class_labels
 from model_lib.data.errors import DataError
 from model_lib.data.preprocess import preprocess_image
@@ -38,6 +38,9 @@ HEADER_TABLE_COLUMNS: tuple[str, ...] = (
     "WindowCenter",
     "WindowWidth",
 )
+IDENTIFYING_TABLE_COLUMNS: tuple[str, ...] = ("dicom_id", "file", "identifying_fields")
+"""Per image: its file (relative to the images root) and the identifying DICOM fields it fills,
+as names joined by ", " ("" when none): :mod:`model_lib.data.phi`. Never their values."""
 
 
 @dataclass(frozen=True)
@@ -48,12 +51,14 @@ class PackSummary:
     n_fixations: int
 
 
-def read_image_headers(tables: EgdTables) -> pd.DataFrame:
-    """Whitelisted header fields of every image (one row per master row) for validation.
+def read_image_headers(tables: EgdTables) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per image (one row per master row, indexed like it), from one read of each header:
+    the whitelisted header fields (:data:`HEADER_TABLE_COLUMNS`) and the names of the identifying
+    fields it fills (:data:`IDENTIFYING_TABLE_COLUMNS`), both for validation.
 
     A missing or unreadable image is a DataError naming the file and the master-sheet record.
     """
-    rows = []
+    rows, identifying = [], []
     master_path = tables.egd_root / "master_sheet.csv"
     # Positional: a duplicated dicom_id must reach validation, not break a lookup here.
     paths = tables.image_paths.to_numpy()
@@ -62,17 +67,28 @@ def read_image_headers(tables: EgdTables) -> pd.DataFrame:
         if not path.is_file():
             raise DataError(master_path, f"image file not found: {path}", row=int(record),
                             field="path")  # fmt: skip
+        fields: tuple[str, ...] = ()
         if path.suffix.lower() == ".dcm":
-            header = read_dicom_header(path)
+            header, fields = scan_dicom_header(path)
         else:
             from PIL import Image
 
             with Image.open(path) as im:
                 header = {"Rows": im.height, "Columns": im.width}
         rows.append({"dicom_id": dicom_id, **header})
+        identifying.append((dicom_id, _relative(path, tables.images_root), ", ".join(fields)))
     frame = pd.DataFrame(rows).reindex(columns=list(HEADER_TABLE_COLUMNS))
     frame.index = tables.master.index
-    return frame
+    found = pd.DataFrame(identifying, columns=list(IDENTIFYING_TABLE_COLUMNS), dtype=object)
+    found.index = tables.master.index
+    return frame, found
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def pack_dataset(

@@ -156,13 +156,22 @@ def _check_inputs(cfg: ExperimentConfig, store_dir: Path, maps_dir: Path) -> Non
         )
 
 
+def _resume_view(config: dict, key: str) -> object:
+    """The part of a config section that the checkpoints depend on: how ingest treats
+    identifying DICOM fields does not change the pixels or labels trained on."""
+    section = config.get(key)
+    if key == "data" and isinstance(section, dict):
+        return {k: v for k, v in section.items() if k != "phi_policy"}
+    return section
+
+
 def _record_config(cfg: ExperimentConfig, workdir: Path) -> None:
     """Write the config beside the checkpoints; refuse checkpoints of another network or data."""
     path = workdir / CONFIG_FILE
     current = cfg.model_dump(mode="json")
     if path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        changed = [k for k in _RESUME_KEYS if saved.get(k) != current[k]]
+        changed = [k for k in _RESUME_KEYS if _resume_view(saved, k) != _resume_view(current, k)]
         if changed:
             raise ValueError(
                 f"{path}: the checkpoints here were trained with other {changed}; "

@@ -1,7 +1,8 @@
 """The whole training pipeline in kfp.local with the `ci` preset: every step as a subprocess,
 MLflow tracking in a sqlite store, registration and the promotion gate. The successful run
 passes the store and maps between steps by URI through an S3 server (moto); the failing one
-keeps them local."""
+keeps them local. The successful run's DICOMs carry planted identifying fields, ingested with
+``data.phi_policy=strip``: no planted value may reach any file, object or log it writes."""
 
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from components.data_transfer import POINTER_FILE
+from components.ingest_suites import PHI_SUITE
 from components.registry import MODEL_NAME
 from components.tracking import STEP_TAG
 from model_lib.presets import get_preset
 from pipelines.cli import app
 from pipelines.local_run import PipelineFailed, RunSummary, run_local
 from pipelines.training_pipeline import default_policy
+from tests.components.test_phi_ingest import MARKERS, find_markers, plant_phi
 
 pytestmark = pytest.mark.slow
 
@@ -43,14 +46,18 @@ def ci_run(
     import boto3
 
     root = tmp_path_factory.mktemp("pipeline")
+    raw = tmp_path_factory.mktemp("pipeline-release") / "raw"
+    shutil.copytree(tiny_release, raw)
+    plant_phi(raw)
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=BUCKET)
     with pytest.MonkeyPatch.context() as env:
         # The steps are subprocesses: they find the S3 server through the environment.
         env.setenv("AWS_ENDPOINT_URL", s3_endpoint)
         env.setenv("CXRGAZE_DATA_CACHE", str(root / "data-cache"))
         yield run_local(
-            tiny_release,
+            raw,
             preset="ci",
+            overrides=["data.phi_policy=strip"],
             data_rev="v-test",
             tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
             policy=lenient_policy(),
@@ -125,6 +132,29 @@ def test_store_and_maps_passed_by_uri(ci_run: RunSummary, s3_endpoint: str) -> N
         assert {f"{prefix}/{rel}" for rel in pointer["files"]} <= keys
     assert any(k.endswith("/train/images.npy") for k in keys)
     assert any(k.endswith("/train/maps.npy") for k in keys)
+
+
+def test_planted_identifying_values_reach_no_output(ci_run: RunSummary, s3_endpoint: str) -> None:
+    """Everything the run wrote: pipeline root and step logs, the MLflow database and artifacts
+    (``mlruns/`` beside it), the local data cache and every object in the bucket."""
+    import boto3
+
+    root = Path(ci_run.tracking_uri.removeprefix("sqlite:///")).parent
+    assert ci_run.output_dir.is_relative_to(root) and ci_run.log is not None
+    assert ci_run.log.is_relative_to(root) and (root / "mlruns").is_dir()
+    assert find_markers(root) == []
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+            for o in page.get("Contents", [])]  # fmt: skip
+    assert any(k.endswith("/train/images.npy") for k in keys)
+    leaked = []
+    for key in keys:
+        body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().lower()
+        leaked += [key for marker in MARKERS if marker in body]
+    assert leaked == []
+    # The values were there to leak: ingest saw and reported the fields, by name.
+    report = (ci_run.output_dir / "ingest" / "report").read_text(encoding="utf-8")
+    assert PHI_SUITE in report and "PatientName" in report and "WARNING" in report
 
 
 def test_failed_step_marks_the_mlflow_run_failed(tiny_release: Path, tmp_path: Path) -> None:
