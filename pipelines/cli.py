@@ -8,6 +8,7 @@ traceback; `--verbose` shows the traceback for debugging.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -28,7 +29,7 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., None])
-_state = {"verbose": False}
+_state = {"verbose": False, "quiet": False}
 
 
 @app.callback()
@@ -36,9 +37,13 @@ def main(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Debug logs and tracebacks.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Warnings and errors only; no progress bars.")
+    ] = False,
 ) -> None:
-    _state["verbose"] = verbose
+    _state["verbose"], _state["quiet"] = verbose, quiet
+    # MLflow draws a bar for every model download; the commands say what they load themselves.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", force=True)
     if not verbose:
@@ -121,6 +126,7 @@ def ingest(
         load_params(params).data,
         workers=workers,
         expected_images=expected_images,
+        progress=not _state["quiet"],
     )
     typer.echo(result.describe())
 
@@ -140,7 +146,7 @@ def heatmaps(
     """
     from components.heatmaps import run_heatmaps
 
-    result = run_heatmaps(store, out, load_params(params).data)
+    result = run_heatmaps(store, out, load_params(params).data, progress=not _state["quiet"])
     typer.echo(result.describe())
 
 
@@ -441,7 +447,10 @@ def schedule(
     typer.echo(result.describe())
 
 
-model_app = typer.Typer(help="The registered model: rollback.", no_args_is_help=True)
+model_app = typer.Typer(
+    help="The registered model: rollback.\n\nExample: cxrgaze model rollback",
+    no_args_is_help=True,
+)
 app.add_typer(model_app, name="model")
 
 
@@ -485,7 +494,9 @@ def lineage(
 
 
 data_app = typer.Typer(
-    help="Versions of data/raw (git + DVC): list, roll back, push.", no_args_is_help=True
+    help="Versions of data/raw (git + DVC): list, roll back, push.\n\n"
+    "Example: cxrgaze data versions",
+    no_args_is_help=True,
 )
 app.add_typer(data_app, name="data")
 
@@ -527,3 +538,82 @@ def data_rollback(
     from pipelines.data_versions import repo_root, rollback
 
     typer.echo(rollback(repo_root(), rev, remote=remote).describe())
+
+
+ModelUri = Annotated[
+    str, typer.Option("--model", help="Registered model: models:/<name>@<alias> or /<version>.")
+]
+
+
+@app.command()
+@user_errors
+def predict(
+    paths: Annotated[
+        list[Path], typer.Argument(help="DICOM (.dcm/.dicom), PNG or JPEG files, or folders.")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for <name>.json + <name>_overlay.png.")] = Path(
+        "predictions"
+    ),
+    model: ModelUri = "models:/cxr-gaze@champion",
+    tracking_uri: TrackingUri = "sqlite:///mlflow.db",
+) -> None:
+    """Class probabilities and a saliency overlay for each image, from a registered model.
+
+    Folders are searched recursively; other files there are skipped and counted. Images that
+    share a name get <parent>__<name> outputs. A file that fails is reported and the others are
+    still written; the exit status is then 2.
+
+    Example: cxrgaze predict scans/ --out predictions
+
+    Example: cxrgaze predict a.dcm b.png --model models:/cxr-gaze/3 --tracking-uri http://mlflow:5000
+    """
+    from components.predict import run_predict
+
+    try:
+        summary = run_predict(paths, out, model_uri=model, tracking_uri=tracking_uri)
+    except LookupError as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    typer.echo(summary.describe())
+    for path, reason in summary.failed:
+        typer.secho(f"error: {path}: {reason}", fg=typer.colors.RED, err=True)
+    if summary.failed:
+        sys.exit(2)
+
+
+@app.command()
+@user_errors
+def serve(
+    model: ModelUri = "models:/cxr-gaze@champion",
+    tracking_uri: TrackingUri = "sqlite:///mlflow.db",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one.")] = 8000,
+    max_body_mb: Annotated[
+        float, typer.Option(min=0.001, help="Largest accepted request body, in MiB.")
+    ] = 64.0,
+) -> None:
+    """Serve a registered model over HTTP: GET /health, POST /predict (an image file).
+
+    POST the file as the body (Content-Type application/dicom, image/png, image/jpeg) or as the
+    form field `file`; the answer holds the class probabilities and the saliency map
+    (?overlay=true adds an overlay PNG). Prints the URL once it listens; stops on Ctrl-C.
+
+    Example: cxrgaze serve --port 8000
+
+    Example: curl -H 'Content-Type: application/dicom' --data-binary @scan.dcm
+    http://127.0.0.1:8000/predict
+    """
+    from components.serve import serve as serve_model
+
+    try:
+        serve_model(
+            model,
+            tracking_uri=tracking_uri,
+            host=host,
+            port=port,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+            on_ready=lambda url: typer.echo(f"serving {model} at {url}"),
+        )
+    except (LookupError, OSError) as err:
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(2)

@@ -92,10 +92,12 @@ class RunSummary:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_EPOCH = re.compile(r"stage (\S+) epoch (\d+/\S+): (.*)$")
 
 
 class _Progress(threading.Thread):
-    """Follows kfp.local's log file and prints one line per step as it starts and ends."""
+    """Follows kfp.local's log file and prints one line per step as it starts and ends, and
+    one per training epoch."""
 
     def __init__(self, log_path: Path, out: Any) -> None:
         super().__init__(daemon=True)
@@ -110,6 +112,9 @@ class _Progress(threading.Thread):
         if match := _STARTED.search(line):
             self.started[match[1]] = now
             print(f"  [{now - self.t0:5.0f} s] {match[1]} ...", file=self.out, flush=True)
+        elif match := _EPOCH.search(line):
+            print(f"  [{now - self.t0:5.0f} s]   {match[1]} epoch {match[2]}: {match[3]}",
+                  file=self.out, flush=True)  # fmt: skip
         elif match := _FINISHED.search(line):
             took = now - self.started.get(match[1], now)
             print(f"  [{now - self.t0:5.0f} s] {match[1]}: {match[2].lower()} ({took:.0f} s)",
