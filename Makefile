@@ -10,7 +10,7 @@ export GX_ANALYTICS_ENABLED := false
 export DVC_NO_ANALYTICS := 1
 export MLFLOW_ENABLE_TELEMETRY := false
 
-.PHONY: setup run demo test bench lint format compile lock lock-tools clean
+.PHONY: setup run demo test bench fuzz lint format compile lock lock-tools clean
 
 setup: $(STAMP) $(TOOLS_STAMP)
 
@@ -38,6 +38,12 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+# Hypothesis fuzzing of the DICOM/PNG/JPEG, CSV and transcript readers, FUZZ_SECONDS per target
+# (not part of `make test`); it prints where the failing inputs are saved.
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	$(BIN)/python -m tests.fuzz.fuzz_readers --seconds $(FUZZ_SECONDS)
 
 lint: setup
 	$(BIN)/ruff check .

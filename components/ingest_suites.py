@@ -261,6 +261,8 @@ def gaze_suite(
     spec.add(gxe.ExpectColumnValuesToMatchRegex, column="DICOM_ID", regex=id_regex)
     spec.add(gxe.ExpectColumnValuesToBeInSet, column="DICOM_ID", value_set=master_ids,
              rule="a 44-character DICOM_ID is a master_sheet.csv dicom_id")  # fmt: skip
+    spec.add(gxe.ExpectColumnValuesToBeBetween, column=schema.TIME_COLUMN, min_value=0.0,
+             rule="time since the session started is never negative")  # fmt: skip
     for col in ("FPOGX", "FPOGY", "BPOGX", "BPOGY"):
         spec.add(gxe.ExpectColumnValuesToBeBetween, column=col, min_value=0.0, max_value=1.0,
                  mostly=FPOG_MOSTLY)  # fmt: skip

@@ -141,14 +141,27 @@ def read_dicom_header(path: str | Path) -> Header:
     Absent fields are ``None``; window values are the first of a multi-valued field (NaN is
     returned as is: validation reports it, :func:`read_dicom` rejects it).
     """
-    return _header(_dcmread(path, stop_before_pixels=True), path)
+    return _required(_header(_dcmread(path, stop_before_pixels=True), path), path)
 
 
 def scan_dicom_header(path: str | Path) -> tuple[Header, tuple[str, ...]]:
     """:func:`read_dicom_header` plus the names (never the values) of the identifying fields the
     file fills (:func:`model_lib.data.phi.identifying_fields`), from one read of the header."""
     ds = _dcmread(path, stop_before_pixels=True)
-    return _header(ds, path), identifying_fields(ds)
+    return _required(_header(ds, path), path), identifying_fields(ds)
+
+
+def read_raster_header(path: str | Path) -> Header:
+    """Rows and Columns of a JPEG/PNG from its header (PIL opens lazily: no pixels decoded)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+            ValueError) as exc:  # fmt: skip
+        raise DataError(path, f"cannot decode image: {exc}") from exc
+    return {"Rows": h, "Columns": w}
 
 
 def read_dicom(path: str | Path) -> DicomImage:
@@ -216,7 +229,10 @@ def read_raster_raw(path: str | Path) -> RawImage:
                 )
             white = _RASTER_WHITE[img.mode]
             stored = np.asarray(img)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
+    except DataError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+            ValueError) as exc:  # fmt: skip  # PIL: ValueError for a truncated IHDR chunk
         raise DataError(path, f"cannot decode image: {exc}") from exc
     header: Header = {"Rows": h, "Columns": w}
     return RawImage(stored, Intensity(low=0.0, high=white), header)
@@ -239,8 +255,19 @@ def _header(ds: Dataset, path: str | Path) -> Header:
     for name in HEADER_FIELDS:
         try:
             header[name] = _field_value(ds, name)
-        except (TypeError, ValueError, AttributeError) as exc:
+        except Exception as exc:  # pydicom converts lazily: Overflow, NotImplemented, ...
             raise DataError(path, f"unreadable value: {exc}", field=name) from exc
+    return header
+
+
+_REQUIRED = ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation")
+
+
+def _required(header: Header, path: str | Path) -> Header:
+    """A header without the image module (pydicom stops quietly at a truncated header)."""
+    for name in _REQUIRED:
+        if header[name] is None:
+            raise DataError(path, "required for decoding but absent", field=name)
     return header
 
 
@@ -280,15 +307,13 @@ def _check_size(rows: int, cols: int, path: str | Path) -> None:
 
 
 def _check_image_module(ds: Dataset, header: Header, path: str | Path) -> tuple[int, int]:
-    for name in ("Rows", "Columns", "BitsAllocated", "PhotometricInterpretation"):
-        if header[name] is None:
-            raise DataError(path, "required for decoding but absent", field=name)
+    _required(header, path)
     rows, cols = int(header["Rows"]), int(header["Columns"])  # type: ignore[arg-type]
     _check_size(rows, cols, path)
-    samples = ds.get("SamplesPerPixel", 1)
+    samples = _module_value(ds, "SamplesPerPixel", path)
     if samples != 1:
         raise DataError(path, f"{samples} samples per pixel; expected 1", field="SamplesPerPixel")
-    frames = ds.get("NumberOfFrames", 1)
+    frames = _module_value(ds, "NumberOfFrames", path)
     if frames not in (None, "", 1):
         raise DataError(path, f"{frames} frames; expected 1", field="NumberOfFrames")
     photometric = header["PhotometricInterpretation"]
@@ -299,6 +324,13 @@ def _check_image_module(ds: Dataset, header: Header, path: str | Path) -> tuple[
             field="PhotometricInterpretation",
         )
     return rows, cols
+
+
+def _module_value(ds: Dataset, name: str, path: str | Path) -> Any:
+    try:
+        return ds.get(name, 1)
+    except Exception as exc:  # a malformed value fails when pydicom converts it
+        raise DataError(path, f"unreadable value: {exc}", field=name) from exc
 
 
 def _finite(header: Header, name: str, path: str | Path) -> float | None:

@@ -6,19 +6,26 @@ ingest step's validation suites, which get every table as read here, quirks incl
 
 Every DataFrame is indexed by the 1-based record number in its file, so any later finding can
 name the record a user should look at.
+
+Hostile files get a DataError too, never another exception: empty, header-only, binary (NUL
+bytes), non-UTF-8 or wrongly delimited tables, infinite or out-of-range numbers, and ids or paths
+that would leave their folder (ids name folders and files, so ``../`` or an overlong id is refused
+here rather than in validation).
 """
 
 from __future__ import annotations
 
+import codecs
 import json
+import math
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
 from model_lib.data import schema
-from model_lib.data.errors import DataError
+from model_lib.data.errors import DataError, shown
 
 _MASTER_INT = ("study_id", "patient_id", *schema.PAD_COLUMNS, "normal_reports",
                *schema.LABEL_COLUMNS, *schema.REPORT_LABEL_COLUMNS)  # fmt: skip
@@ -26,6 +33,14 @@ _MASTER_NULLABLE_INT = ("stay_id",)
 _MASTER_FLOAT = schema.CHEXPERT_COLUMNS
 _GAZE_TEXT = ("DICOM_ID",)
 _BBOX_FLOAT = ("x1", "x2", "y1", "y2")
+MAX_NAME_BYTES = 255
+"""Longest file-name component (ext4, xfs, APFS): an id longer than this cannot name a file."""
+MAX_PATH_CHARS = 1024
+"""Longest image path accepted; a real MIMIC-CXR path has 79 characters."""
+MAX_EXACT_INT = 2**53
+"""Integers beyond this lose digits as float64, the type numbers are parsed through."""
+_DELIMITERS = (";", "\t", "|")
+_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -99,6 +114,8 @@ def read_master_sheet(path: Path) -> pd.DataFrame:
         missing = df.index[df[col].isna()]
         if len(missing):
             raise DataError(path, "empty value", row=int(missing[0]), field=col)
+    _check_names(df["dicom_id"], path, "dicom_id")
+    _check_relative_paths(df["path"], path, "path")
     return df
 
 
@@ -120,9 +137,12 @@ def read_gaze_table(path: Path) -> pd.DataFrame:
             df[col] = _to_number(df[col], path, col, integer=False, nullable=True)
     else:
         df.index = pd.RangeIndex(1, len(df) + 1)
+        _require_records(df, path)
+        _check_finite(df, numeric, path)
     if df["DICOM_ID"].isna().any():
         raise DataError(path, "empty value", row=int(df.index[df["DICOM_ID"].isna()][0]),
                         field="DICOM_ID")  # fmt: skip
+    _check_names(df["DICOM_ID"], path, "DICOM_ID")
     return df
 
 
@@ -136,6 +156,7 @@ def read_bounding_boxes(path: Path) -> pd.DataFrame:
     df = _read_csv_text(path, schema.BBOX_COLUMNS)
     for col in _BBOX_FLOAT:
         df[col] = _to_number(df[col], path, col, integer=False, nullable=False)
+    _check_names(df["dicom_id"].dropna(), path, "dicom_id")
     return df
 
 
@@ -150,7 +171,7 @@ def read_transcripts(root: Path, dicom_ids: pd.Series) -> tuple[pd.DataFrame, pd
         missing = [name for name in schema.TRANSCRIPT_FILES if name not in present]
         full_text, n_phrases = None, 0
         if "transcript.json" in present:
-            transcript = _read_transcript(folder / "transcript.json")
+            transcript = read_transcript(folder / "transcript.json")
             full_text = transcript["full_text"]
             for item in transcript["time_stamped_text"]:
                 phrases.append({"dicom_id": dicom_id, **item})
@@ -187,11 +208,14 @@ def class_labels(master: pd.DataFrame) -> np.ndarray:
     return master[list(schema.LABEL_COLUMNS)].to_numpy().argmax(axis=1)
 
 
-def _read_transcript(path: Path) -> dict:
+def read_transcript(path: Path) -> dict:
+    """One transcript.json: ``full_text`` and ``time_stamped_text`` phrases with finite times."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(path, f"not valid JSON: {err}") from err
+    except RecursionError as err:  # json recurses once per nesting level
+        raise DataError(path, "JSON nested too deeply") from err
     if not isinstance(data, dict):
         raise DataError(path, "expected a JSON object")
     for key, kind in (("full_text", str), ("time_stamped_text", list)):
@@ -201,29 +225,81 @@ def _read_transcript(path: Path) -> dict:
         if not isinstance(item, dict) or not {"phrase", "begin_time", "end_time"} <= item.keys():
             raise DataError(path, "phrase without phrase/begin_time/end_time", row=k,
                             field="time_stamped_text")  # fmt: skip
-        if not all(isinstance(item[t], int | float) for t in ("begin_time", "end_time")):
-            raise DataError(path, "non-numeric time", row=k, field="time_stamped_text")
+        if not isinstance(item["phrase"], str):
+            raise DataError(path, "phrase is not a string", row=k, field="phrase")
+        for t in ("begin_time", "end_time"):
+            # bool is an int to Python; JSON's NaN and Infinity literals parse to floats.
+            value = item[t]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise DataError(path, f"non-numeric time {shown(value)}", row=k, field=t)
+            if not math.isfinite(value):
+                raise DataError(path, f"{value} is not a finite time", row=k, field=t)
     return data
 
 
 def _require_file(path: Path) -> None:
+    """An existing, non-empty text file: no UTF-16/32 byte-order mark, no NUL byte."""
     if not path.is_file():
         raise DataError(path, "file not found")
     if path.stat().st_size == 0:
         raise DataError(path, "file is empty")
+    with path.open("rb") as handle:
+        if handle.read(2) in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+            raise DataError(path, "UTF-16 or UTF-32 text (byte-order mark): expected UTF-8")
+        handle.seek(0)
+        line = 1
+        while chunk := handle.read(_CHUNK):
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                line += chunk.count(b"\n", 0, nul)
+                raise DataError(path, f"NUL byte on line {line}: a binary or corrupt file")
+            line += chunk.count(b"\n")
+
+
+def _require_records(df: pd.DataFrame, path: Path) -> None:
+    if df.empty:
+        raise DataError(path, "no records: the file holds only its header line")
+
+
+def _not_utf8(path: Path) -> str:
+    """Where the file stops being UTF-8 (only called after a decoder has failed)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line = 1
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            pending = len(decoder.getstate()[0])
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                data = err.object
+                line += chunk.count(b"\n", 0, max(0, err.start - pending))
+                return f"not UTF-8 text: byte {data[err.start]:#04x} on line {line}"
+            line += chunk.count(b"\n")
+    return "not UTF-8 text: the file ends inside a multi-byte character"
 
 
 def _read_header(path: Path) -> list[str]:
     try:
         return list(pd.read_csv(path, nrows=0, dtype=str).columns)
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+    except pd.errors.EmptyDataError as err:
+        raise DataError(path, "no header line: the file holds only blank lines") from err
+    except UnicodeDecodeError as err:
+        raise DataError(path, _not_utf8(path)) from err
+    except pd.errors.ParserError as err:
         raise DataError(path, f"cannot parse the header: {err}") from err
 
 
 def _check_columns(path: Path, found: list[str], expected: tuple[str, ...]) -> None:
+    if len(found) == 1 and len(expected) > 1:
+        delimiter = next((d for d in _DELIMITERS if d in found[0]), None)
+        if delimiter is not None:
+            raise DataError(path, f"the header is one column split by {delimiter!r}: "
+                            "expected comma-separated values")  # fmt: skip
     missing = [c for c in expected if c not in found]
     if missing:
-        raise DataError(path, f"missing column(s) {missing}", field=missing[0])
+        extra = [shown(c) for c in found if c not in expected]
+        hint = f"; unexpected instead: {', '.join(extra[:5])}" if extra else ""
+        raise DataError(path, f"missing column(s) {missing}{hint}", field=missing[0])
     extra = [c for c in found if c not in expected]
     if extra:
         raise DataError(path, f"unexpected column(s) {extra}", field=extra[0])
@@ -238,27 +314,89 @@ def _read_csv_text(path: Path, expected: tuple[str, ...]) -> pd.DataFrame:
     _check_columns(path, _read_header(path), expected)
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise DataError(path, f"malformed CSV: {err}") from err
+    except UnicodeDecodeError as err:
+        raise DataError(path, _not_utf8(path)) from err
+    except pd.errors.ParserError as err:
+        raise DataError(path, f"malformed CSV: {str(err).strip()}") from err
     df.index = pd.RangeIndex(1, len(df) + 1)
+    _require_records(df, path)
     return df
+
+
+def _check_finite(df: pd.DataFrame, columns: list[str], path: Path) -> None:
+    """No infinities (the CSV parser reads 'inf' and overflowing numbers such as 1e999)."""
+    first: tuple[int, str] | None = None
+    for col in columns:
+        infinite = np.isinf(df[col].to_numpy())
+        if infinite.any():
+            row = int(df.index[infinite.argmax()])
+            if first is None or row < first[0]:
+                first = (row, col)
+    if first is not None:
+        row, col = first
+        raise DataError(path, f"{df.at[row, col]} is not a finite number", row=row, field=col)
+
+
+def _name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be one file-name component, or None when it can."""
+    if name in (".", ".."):
+        return f"{name!r} is not a file name"
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_NAME_BYTES:
+        return f"{size:,} bytes long; at most {MAX_NAME_BYTES} (ids name files)"
+    bad = next((c for c in name if c in "/\\" or ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        return f"holds {bad!r}; ids name files: no path separators or control characters"
+    return None
+
+
+def _check_names(ids: pd.Series, path: Path, column: str) -> None:
+    """Every id can name a file: checked once per distinct id (eye_gaze.csv has 1.5M rows)."""
+    for name in pd.unique(ids.to_numpy()):
+        problem = _name_problem(str(name))
+        if problem is not None:
+            row = int(ids.index[(ids == name).to_numpy()][0])
+            raise DataError(path, f"{shown(name)} {problem}", row=row, field=column)
+
+
+def _check_relative_paths(paths: pd.Series, path: Path, column: str) -> None:
+    """Paths stay inside the images root: relative, no '..', each part a valid file name."""
+    for row, value in paths.items():
+        rel = PurePosixPath(value)
+        if len(value) > MAX_PATH_CHARS:
+            problem = f"{len(value):,} characters long; at most {MAX_PATH_CHARS}"
+        elif rel.is_absolute() or ".." in rel.parts:
+            problem = "leaves the images root: expected a relative path without '..'"
+        else:
+            problem = next(filter(None, map(_name_problem, rel.parts)), None)
+        if problem is not None:
+            raise DataError(path, f"{shown(value)} {problem}", row=int(row), field=column)
 
 
 def _to_number(
     values: pd.Series, path: Path, column: str, *, integer: bool, nullable: bool
 ) -> pd.Series:
     """Parse a text column, naming the first record that is not a number."""
-    parsed = pd.to_numeric(values, errors="coerce")
+    parsed = pd.to_numeric(values, errors="coerce").astype("float64")
     bad = values.notna() & parsed.isna()
     if bad.any():
         row = int(values.index[bad][0])
-        raise DataError(path, f"not a number: {values[row]!r}", row=row, field=column)
+        raise DataError(path, f"not a number: {shown(values[row])}", row=row, field=column)
+    infinite = np.isinf(parsed.to_numpy())
+    if infinite.any():
+        row = int(values.index[infinite][0])
+        raise DataError(path, f"not a finite number: {shown(values[row])}", row=row, field=column)
     if not nullable and parsed.isna().any():
         raise DataError(path, "empty value", row=int(values.index[parsed.isna()][0]), field=column)
     if not integer:
-        return parsed.astype("float64")
+        return parsed
     fractional = parsed.notna() & (parsed != parsed.round())
     if fractional.any():
         row = int(values.index[fractional][0])
-        raise DataError(path, f"not an integer: {values[row]!r}", row=row, field=column)
+        raise DataError(path, f"not an integer: {shown(values[row])}", row=row, field=column)
+    too_large = parsed.abs() > MAX_EXACT_INT
+    if too_large.any():
+        row = int(values.index[too_large][0])
+        raise DataError(path, f"integer out of range: {shown(values[row])}", row=row,
+                        field=column)  # fmt: skip
     return parsed.astype("Int64" if nullable else "int64")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Any
+
+SHOWN_CHARS = 60
+"""Longest value quoted in a message: hostile input can hold megabytes in one field."""
 
 
 class DataError(ValueError):
@@ -36,3 +40,12 @@ class DataError(ValueError):
         # Process pools pickle exceptions; the default rebuilds from ``args`` (the formatted
         # text alone), which does not match this constructor.
         return partial(type(self), row=self.row, field=self.field), (self.file, self.message)
+
+
+def shown(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters with the full length noted."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value):,} characters)" if isinstance(value, str | bytes) else ""
+    return f"{text[:limit]}...{size}"

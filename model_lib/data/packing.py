@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from model_lib.config import GeometryConfig
 from model_lib.data import schema
-from model_lib.data.dicom_io import scan_dicom_header
+from model_lib.data.dicom_io import read_raster_header, scan_dicom_header
 from model_lib.data.egd_cxr import EgdTables, class_labels
 from model_lib.data.errors import DataError
 from model_lib.data.preprocess import preprocess_image
@@ -71,10 +71,7 @@ def read_image_headers(tables: EgdTables) -> tuple[pd.DataFrame, pd.DataFrame]:
         if path.suffix.lower() == ".dcm":
             header, fields = scan_dicom_header(path)
         else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                header = {"Rows": im.height, "Columns": im.width}
+            header = read_raster_header(path)
         rows.append({"dicom_id": dicom_id, **header})
         identifying.append((dicom_id, _relative(path, tables.images_root), ", ".join(fields)))
     frame = pd.DataFrame(rows).reindex(columns=list(HEADER_TABLE_COLUMNS))

@@ -189,8 +189,10 @@ def test_final_weights_rebuild_the_trained_model(
     load_model_weights(fresh, result.final_weights)
     loader = BatchLoader(open_split(*tiny_store, "val"), 4)
     ours, theirs = predict(result.model, loader), predict(fresh, loader)
-    np.testing.assert_array_equal(ours["probs"], theirs["probs"])
-    np.testing.assert_array_equal(ours["saliency"], theirs["saliency"])
+    # Same weights; on a CPU with bf16 units the trained copy is channels-last, which changes
+    # the order of the convolution sums (differences ~1e-8).
+    np.testing.assert_allclose(ours["probs"], theirs["probs"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ours["saliency"], theirs["saliency"], rtol=1e-5, atol=1e-9)
 
 
 def test_a_second_call_resumes_instead_of_retraining(
