@@ -1,8 +1,10 @@
-"""Evaluation metrics: saliency maps, classification, and comparisons between two models.
+"""Evaluation metrics: saliency maps, classification, calibration, and comparisons between two
+models.
 
 numpy in (torch tensors accepted), numpy or plain floats out; no scipy or scikit-learn.
 """
 
+from model_lib.metrics.calibration import Reliability, expected_calibration_error, reliability
 from model_lib.metrics.classification import (
     accuracy,
     classification_report,
@@ -26,6 +28,7 @@ from model_lib.metrics.compare import (
 from model_lib.metrics.saliency import auc_judd, cc, kld, nss, saliency_summary, sim
 
 __all__ = [
+    "Reliability",
     "accuracy",
     "auc_judd",
     "bootstrap_auc_ci",
@@ -34,6 +37,7 @@ __all__ = [
     "cc",
     "classification_report",
     "confusion_matrix",
+    "expected_calibration_error",
     "kld",
     "macro_auc",
     "micro_auc",
@@ -42,6 +46,7 @@ __all__ = [
     "per_class_auc",
     "precision_recall_f1",
     "predictions",
+    "reliability",
     "roc_auc",
     "roc_curve",
     "saliency_summary",
