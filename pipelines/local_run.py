@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import re
+import shutil
 import sys
 import threading
 import time
@@ -187,7 +188,9 @@ def summarise(
             "center_prior_cc_mean": raw["center_prior"]["cc"]["mean"],
         }
     if (output_dir / "evaluate" / "report").is_file():
-        summary.report = output_dir / "evaluate" / "report"
+        # KFP names the HTML artifact without a suffix; browsers want one to render it.
+        summary.report = output_dir / "report.html"
+        shutil.copyfile(output_dir / "evaluate" / "report", summary.report)
     version = registered_by(client, MODEL_NAME, pipeline_run_id)
     if version is not None:
         summary.version = str(version.version)

@@ -22,6 +22,7 @@ from tests.pipelines.gitdvc import BIN, dvc, git, init_repo, run, tree_hashes
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 RELEASE = "data/raw/release"
+POLICY = Path(__file__).resolve().parents[2] / "mlflow" / "promotion.yaml"
 N_V1, N_V2 = 6, 8
 
 
@@ -136,3 +137,19 @@ def test_cli_versions_and_rollback(repo) -> None:
     bad = run([cli, "data", "rollback", "nope"], repo, check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("error: 'nope' is not a commit")
     assert "Traceback" not in bad.stderr
+
+
+def test_cli_run_on_a_data_revision_reads_that_version(repo) -> None:
+    """`run --data-rev` hands the pipeline the version's copy (the pipeline itself is covered by
+    test_local_pipeline); an unreachable tracking server stops it right after the copy."""
+    repo, v1, v2 = repo
+    cli = str(BIN / "cxrgaze")
+    args = [cli, "run", "--raw-dir", RELEASE, "--data-rev", "data-v1", "--preset", "ci",
+            "--tracking-uri", "http://127.0.0.1:9", "--policy", str(POLICY)]  # fmt: skip
+    proc = run(args, repo, check=False)
+    assert proc.returncode == 2 and "127.0.0.1:9" in proc.stderr, proc.stderr
+    commit = git(repo, "rev-parse", "data-v1").strip()
+    assert f"{RELEASE} at data-v1 ({commit[:12]}" in proc.stdout
+    copies = list((repo / "runs" / "data-revs").glob("*/release"))
+    assert len(copies) == 1 and tree_hashes(copies[0]) == v1
+    assert tree_hashes(repo / RELEASE) == v2

@@ -77,7 +77,8 @@ def test_run_registers_and_promotes_the_first_version(ci_run: RunSummary) -> Non
     assert ci_run.validation_status == "approved"
     assert ci_run.aliases == {"champion": "1", "challenger": "1"}
     assert any(r.startswith("info: no champion") for r in ci_run.reasons)
-    assert ci_run.report is not None and "macro AUC" in ci_run.report.read_text()
+    assert ci_run.report is not None and ci_run.report.suffix == ".html"
+    assert "macro AUC" in ci_run.report.read_text()
     assert set(ci_run.test) == {"auc_macro", "accuracy", "cc_mean", "center_prior_cc_mean"}
     text = ci_run.text()
     assert "champion -> v1" in text and "mlflow ui --backend-store-uri sqlite:///" in text
