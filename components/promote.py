@@ -8,6 +8,11 @@
   ``validation_status`` with the reasons. It re-reads the aliases before moving anything, so a
   re-run finishes an interrupted promotion and never moves an alias twice.
 - :func:`run_promotion` is the whole step: load both models, score them, decide, promote.
+
+Reading the champion and moving it happen under the model's promotion lock
+(:mod:`components.registry_lock`), so two gates running at once take turns: the second sees the
+champion the first left. :func:`run_promotion` then judges its challenger again against that
+champion; :func:`promote`, which has no scores to judge with, refuses (:class:`StaleDecision`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -39,6 +45,7 @@ from components.registry import (
     utc_now,
     version_by_alias,
 )
+from components.registry_lock import HeldLock, promotion_lock_name, registry_lock
 from components.scores import Scores, scores_for_model
 from model_lib.metrics import bootstrap_auc_difference, paired_t_test
 
@@ -317,20 +324,35 @@ def append_alias_history(client: MlflowClient, model_name: str, version: str, li
     client.set_model_version_tag(model_name, version, ALIAS_HISTORY_TAG, value)
 
 
-def _check_not_stale(decision: Decision, current: str | None, version: str) -> None:
+def _stale(decision: Decision, current: str | None, version: str) -> str | None:
+    """Why ``decision`` no longer holds with ``current`` as champion, or None if it does."""
     if current is None or current == version:
-        return
+        return None
     if not decision.details.get("compared_to_champion", False):
-        raise StaleDecision(
+        return (
             f"version {version} was judged without a champion, but version {current} is "
-            "champion now; re-run the gate against it"
+            "champion now"
         )
     judged = decision.details.get("champion_version")
     if judged is not None and str(judged) != current:
-        raise StaleDecision(
+        return (
             f"version {version} was judged against champion {judged}, but the champion is now "
-            f"version {current}; re-run the gate against it"
+            f"version {current}"
         )
+    return None
+
+
+def _champion_version(client: MlflowClient, model_name: str) -> str | None:
+    current = version_by_alias(client, model_name, CHAMPION)
+    return None if current is None else str(current.version)
+
+
+def _promotion_lock(
+    tracking_uri: str, model_name: str, version: str
+) -> AbstractContextManager[HeldLock]:
+    return registry_lock(
+        tracking_uri, promotion_lock_name(model_name), holder=f"promotion of v{version}"
+    )
 
 
 def _model_version(
@@ -357,21 +379,38 @@ def promote(
     ``validation_reasons`` (one per line), ``validation_details`` (JSON) and ``validated_at``
     (left as they are when a re-run brings the same decision).
     Every alias move appends ``<UTC time> <alias> -> v<N> (was ...)`` to the ``alias_history``
-    tag of the version that receives the alias.
+    tag of the version that receives the alias. The champion is read and moved under the
+    promotion lock.
 
     Raises:
         RegistryUnreachable: the tracking server does not answer.
         LookupError: no such version.
         StaleDecision: the champion changed since the decision was made.
+        LockTimeout: another promotion held the lock too long.
     """
     version = str(challenger_version)
     client = registry_client(tracking_uri)
-    mv = _model_version(client, model_name, version, tracking_uri)
-    current = version_by_alias(client, model_name, CHAMPION)
-    current_version = None if current is None else str(current.version)
-    if decision.approved:
-        _check_not_stale(decision, current_version, version)
+    _model_version(client, model_name, version, tracking_uri)  # before waiting for the lock
+    with _promotion_lock(tracking_uri, model_name, version) as lock:
+        mv = _model_version(client, model_name, version, tracking_uri)
+        current = _champion_version(client, model_name)
+        if decision.approved and (stale := _stale(decision, current, version)):
+            raise StaleDecision(f"{stale}; re-run the gate against it")
+        return _apply(client, lock, decision, mv, current, model_name)
 
+
+def _apply(
+    client: MlflowClient,
+    lock: HeldLock,
+    decision: Decision,
+    mv: ModelVersion,
+    current_version: str | None,
+    model_name: str,
+) -> PromotionResult:
+    """With the lock held and ``current_version`` the champion read under it: record the
+    decision on ``mv`` and, if approved, move the aliases."""
+    lock.ensure_held()  # not broken as stale while this process was scoring or stalled
+    version = str(mv.version)
     now = utc_now()
     tags = decision.tags()
     # A re-run with the same verdict keeps the first record (and its time).
@@ -396,16 +435,61 @@ def promote(
         append_alias_history(client, model_name, version, moves[-1])
         for move in moves:
             logger.info("%s: %s", model_name, move)
+    return _result(client, model_name, version, decision.approved, tuple(moves))
 
+
+def _result(
+    client: MlflowClient, model_name: str, version: str, approved: bool, moves: tuple[str, ...]
+) -> PromotionResult:
     champion = version_by_alias(client, model_name, CHAMPION)
     previous = version_by_alias(client, model_name, PREVIOUS_CHAMPION)
     return PromotionResult(
         version=version,
-        approved=decision.approved,
+        approved=approved,
         champion=None if champion is None else str(champion.version),
         previous_champion=None if previous is None else str(previous.version),
-        moves=tuple(moves),
+        moves=moves,
     )
+
+
+def _was_champion(mv: ModelVersion) -> bool:
+    """Whether ``champion`` was ever moved to this version (its ``alias_history`` says so)."""
+    marker = f" {CHAMPION} -> v{mv.version} ("
+    return any(marker in line for line in mv.tags.get(ALIAS_HISTORY_TAG, "").splitlines())
+
+
+class _Gate:
+    """Scores registered versions on one test split (each at most once) and decides."""
+
+    def __init__(
+        self,
+        policy: PromotionPolicy,
+        arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+        *,
+        tracking_uri: str,
+        model_name: str,
+        batch_size: int,
+    ) -> None:
+        self.policy, self.arrays = policy, arrays
+        self.tracking_uri, self.model_name, self.batch_size = tracking_uri, model_name, batch_size
+        self._scores: dict[str, Scores] = {}
+
+    def scores(self, version: str) -> Scores:
+        if version not in self._scores:
+            model, _ = load_registered_model(
+                f"models:/{self.model_name}/{version}", tracking_uri=self.tracking_uri
+            )
+            self._scores[version] = scores_for_model(
+                model, *self.arrays, batch_size=self.batch_size
+            )
+        return self._scores[version]
+
+    def judge(self, version: str, champion: str | None) -> Decision:
+        """``version`` against ``champion`` (the floors alone without one)."""
+        if champion == version:
+            champion = None
+        champion_scores = None if champion is None else self.scores(champion)
+        return decide(self.policy, self.scores(version), champion_scores, champion_version=champion)
 
 
 def run_promotion(
@@ -422,6 +506,11 @@ def run_promotion(
     """The promote step: score the challenger and the current champion (both loaded from the
     registry with their weights' sha256 checked) on the same test split, decide, promote.
 
+    The scoring happens outside the promotion lock. Under it, should the champion have moved
+    since (another gate promoted meanwhile), the challenger is judged again against the new
+    champion before anything moves; the decision then says so (an ``info`` reason and
+    ``details["rejudged"]``).
+
     Args:
         policy: the thresholds, or the path of a policy file.
         images: (N, 1, H, W) preprocessed test images in [0, 1]; maps: (N, H, W) ground-truth
@@ -431,28 +520,39 @@ def run_promotion(
         policy = load_policy(policy)
     version = str(challenger_version)
     client = registry_client(tracking_uri)
+    gate = _Gate(policy, (images, maps, labels), tracking_uri=tracking_uri,
+                 model_name=model_name, batch_size=batch_size)  # fmt: skip
     recorded = _model_version(client, model_name, version, tracking_uri).tags
-    if VALIDATION_STATUS_TAG in recorded:
-        # Judged before: finish that decision (e.g. alias moves an interrupted run left undone)
-        # rather than judge again against what may now be this version itself.
-        decision = Decision.from_tags(recorded)
-        return decision, promote(
-            decision, version, tracking_uri=tracking_uri, model_name=model_name
-        )
-    challenger, _ = load_registered_model(
-        f"models:/{model_name}/{version}", tracking_uri=tracking_uri
+    # Judged before: finish that decision (e.g. alias moves an interrupted run left undone)
+    # rather than judge again against what may now be this version itself.
+    decision = (
+        Decision.from_tags(recorded)
+        if VALIDATION_STATUS_TAG in recorded
+        else gate.judge(version, _champion_version(client, model_name))
     )
-    current = version_by_alias(client, model_name, CHAMPION)
-    champion_scores, champion_version = None, None
-    if current is not None and str(current.version) != version:
-        champion_version = str(current.version)
-        champion, _ = load_registered_model(
-            f"models:/{model_name}/{champion_version}", tracking_uri=tracking_uri
-        )
-        champion_scores = scores_for_model(champion, images, maps, labels, batch_size=batch_size)
-    challenger_scores = scores_for_model(challenger, images, maps, labels, batch_size=batch_size)
-    decision = decide(policy, challenger_scores, champion_scores, champion_version=champion_version)
-    return decision, promote(decision, version, tracking_uri=tracking_uri, model_name=model_name)
+    with _promotion_lock(tracking_uri, model_name, version) as lock:
+        mv = _model_version(client, model_name, version, tracking_uri)
+        if VALIDATION_STATUS_TAG in mv.tags and VALIDATION_STATUS_TAG not in recorded:
+            # Another run of this step recorded its verdict while this one was scoring.
+            decision = Decision.from_tags(mv.tags)
+        if decision.approved and _was_champion(mv):
+            # Its promotion happened; a later one may have moved past it, which stands.
+            return decision, _result(client, model_name, version, True, ())
+        current = _champion_version(client, model_name)
+        if decision.approved and (stale := _stale(decision, current, version)):
+            logger.info("%s: judging version %s again", stale, version)
+            decision = _rejudged(gate.judge(version, current), decision, stale)
+        return decision, _apply(client, lock, decision, mv, current, model_name)
+
+
+def _rejudged(decision: Decision, first: Decision, why: str) -> Decision:
+    """``decision`` noting that it replaces ``first``, made against an earlier champion."""
+    before = first.details.get("champion_version")
+    return Decision(
+        approved=decision.approved,
+        reasons=[*decision.reasons, f"info: judged again: {why}"],
+        details={**decision.details, "rejudged": {"first_champion_version": before}},
+    )
 
 
 def test_split_arrays(store: Path, maps: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

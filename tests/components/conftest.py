@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,92 @@ class MlflowServer:
     s3_endpoint: str
 
 
+class ServerProcess:
+    """``mlflow server`` in a subprocess on 127.0.0.1: sqlite backend ``folder/srv.db``,
+    artifacts proxied to an S3 bucket. :meth:`stop` and :meth:`start` again keep the port and
+    the store, as a restarted deployment would."""
+
+    def __init__(self, folder: Path, bucket: str, s3_endpoint: str) -> None:
+        self.folder, self.bucket, self.s3_endpoint = folder, bucket, s3_endpoint
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self) -> None:
+        """Start and wait until ``/health`` answers; its log is shown if it does not."""
+        env = {
+            **os.environ,
+            **S3_ENV,
+            "MLFLOW_S3_ENDPOINT_URL": self.s3_endpoint,
+            "MLFLOW_ENABLE_TELEMETRY": "false",
+            # No background job runner: one process fewer to start and to stop.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        }
+        env.pop("MLFLOW_TRACKING_URI", None)
+        self._log = open(self.folder / "server.log", "ab")  # noqa: SIM115 (closed in stop)
+        command = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.folder / 'srv.db'}",
+            "--artifacts-destination",
+            f"s3://{self.bucket}/",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
+        # Its own process group: the CLI runs uvicorn as a child, which must not outlive it.
+        self.process = subprocess.Popen(
+            command,
+            cwd=self.folder,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            if self.process.poll() is not None:
+                pytest.fail(f"mlflow server exited {self.process.returncode}:\n"
+                            f"{_tail(self.folder)}")  # fmt: skip
+            try:
+                if requests.get(f"{self.url}/health", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                pass  # not listening yet, or busy starting
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server not healthy after {SERVER_START_TIMEOUT_S}s:\n"
+                            f"{_tail(self.folder)}")  # fmt: skip
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        """Stop it (and its uvicorn child); nothing listens on the port afterwards."""
+        if self.process is not None:
+            self.process.terminate()  # the CLI forwards SIGTERM to uvicorn and waits for it
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _new_server(folder: Path, bucket: str, s3_endpoint: str, migrated_db: Path) -> ServerProcess:
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    # Starting from a migrated copy saves the server seconds of start-up.
+    shutil.copyfile(migrated_db, folder / "srv.db")
+    return ServerProcess(folder, bucket, s3_endpoint)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(
     s3_endpoint: str, tmp_path_factory: pytest.TempPathFactory, migrated_db: Path
@@ -109,69 +196,38 @@ def mlflow_server(
     """``mlflow server`` in a subprocess on 127.0.0.1: sqlite backend (starting from a migrated
     copy saves the server seconds of start-up), artifacts proxied to a moto S3 bucket. Its log
     is shown if it does not come up."""
-    import boto3
-
     # moto logs every S3 request at INFO; thousands of lines would bury a failure's output.
     werkzeug = logging.getLogger("werkzeug")
     level = werkzeug.level
     werkzeug.setLevel(logging.WARNING)
     bucket = "mlflow-artifacts"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    shutil.copyfile(migrated_db, folder / "srv.db")
-    port = _free_port()
-    env = {
-        **os.environ,
-        **S3_ENV,
-        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
-        "MLFLOW_ENABLE_TELEMETRY": "false",
-        # No background job runner: one process fewer to start and to stop.
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log = open(folder / "server.log", "wb")  # noqa: SIM115 (closed in the finaliser)
-    command = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{folder / 'srv.db'}",
-        "--artifacts-destination",
-        f"s3://{bucket}/",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    # Its own process group: the CLI runs uvicorn as a child, which must not outlive the tests.
-    process = subprocess.Popen(
-        command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
+    server = _new_server(tmp_path_factory.mktemp("mlflow-server"), bucket, s3_endpoint,
+                         migrated_db)  # fmt: skip
     try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow server exited {process.returncode}:\n{_tail(folder)}")
-            try:
-                if requests.get(f"{url}/health", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass  # not listening yet, or busy starting
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {SERVER_START_TIMEOUT_S}s:\n"
-                            f"{_tail(folder)}")  # fmt: skip
-            time.sleep(0.25)
-        yield MlflowServer(url=url, bucket=bucket, s3_endpoint=s3_endpoint)
+        server.start()
+        yield MlflowServer(url=server.url, bucket=bucket, s3_endpoint=s3_endpoint)
     finally:
-        process.terminate()  # the CLI forwards SIGTERM to uvicorn and waits for it
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+        server.stop()
+        werkzeug.setLevel(level)
+
+
+@pytest.fixture
+def restartable_mlflow_server(
+    s3_endpoint: str, tmp_path: Path, migrated_db: Path
+) -> Iterator[ServerProcess]:
+    """A server of this test's own, not started yet: the test stops and starts it at will
+    (same port, same store); it is stopped at the end."""
+    werkzeug = logging.getLogger("werkzeug")
+    level = werkzeug.level
+    werkzeug.setLevel(logging.WARNING)
+    folder = tmp_path / "mlflow-server"
+    folder.mkdir()
+    bucket = f"restartable-{uuid.uuid4().hex[:12]}"  # S3 names: lower case, no underscores
+    server = _new_server(folder, bucket, s3_endpoint, migrated_db)
+    try:
+        yield server
+    finally:
+        server.stop()
         werkzeug.setLevel(level)
 
 

@@ -413,3 +413,30 @@ def test_run_promotion_scores_both_models_on_the_same_images(
     replay, replayed = run_promotion(lenient, images, maps, labels, challenger_version="2",
                                      tracking_uri=uri)  # fmt: skip
     assert replay == decision and replayed.moves == () and replayed.champion == "1"
+
+
+def test_rerunning_the_step_of_a_superseded_champion_moves_nothing(
+    sqlite_backend: Backend, model_name: str, policy: PromotionPolicy
+) -> None:
+    """v2 was promoted and then replaced by v3; its step run again (a manual re-run) replays the
+    recorded verdict and leaves v3 where it is. Replayed verdicts are not scored, so the
+    versions need no files."""
+    uri = sqlite_backend.tracking_uri
+    client = MlflowClient(uri, registry_uri=uri)
+    client.create_registered_model(model_name)
+    for run in ("run-1", "run-2", "run-3"):
+        client.create_model_version(model_name, "s3://nowhere/model", tags={"pipeline_run_id": run})
+    promote(decide(policy, GOOD, None), "1", tracking_uri=uri, model_name=model_name)
+    for version, champion in (("2", "1"), ("3", "2")):
+        decision = decide(policy, BETTER, GOOD, champion_version=champion)
+        promote(decision, version, tracking_uri=uri, model_name=model_name)
+    recorded = client.get_model_version(model_name, "2").tags
+
+    empty = np.zeros((2, 1, 4, 4), np.float32), np.zeros((2, 4, 4)), np.arange(2)
+    decision, result = run_promotion(policy, *empty, challenger_version="2", tracking_uri=uri,
+                                     model_name=model_name)  # fmt: skip
+    assert decision == Decision.from_tags(recorded) and decision.approved
+    assert (result.champion, result.previous_champion, result.moves) == ("3", "2", ())
+    assert client.get_model_version(model_name, "2").tags == recorded
+    with pytest.raises(StaleDecision, match=r"judged against champion 1.*now version 3"):
+        promote(decision, "2", tracking_uri=uri, model_name=model_name)
