@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 
 from components.promote import ALIAS_HISTORY_TAG, REASONS_TAG, append_alias_history
 from components.registry import (
@@ -26,6 +27,7 @@ from components.registry import (
     utc_now,
     version_by_alias,
 )
+from components.registry_lock import promotion_lock_name, registry_lock
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,13 @@ def rollback_champion(tracking_uri: str, model_name: str = MODEL_NAME) -> Rollba
         NothingToRollBack: no champion or no previous champion (the message says which).
     """
     client = registry_client(tracking_uri)
+    # The promotion lock: a rollback must not interleave with a promotion moving the aliases.
+    lock = promotion_lock_name(model_name)
+    with registry_lock(tracking_uri, lock, holder="model rollback"):
+        return _rollback(client, tracking_uri, model_name)
+
+
+def _rollback(client: MlflowClient, tracking_uri: str, model_name: str) -> Rollback:
     champion = version_by_alias(client, model_name, CHAMPION)
     previous = version_by_alias(client, model_name, PREVIOUS_CHAMPION)
     if champion is None:

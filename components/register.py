@@ -3,27 +3,42 @@ its lineage, and point the ``challenger`` alias at it.
 
 Re-running with the same ``pipeline_run_id`` returns the version that run registered instead of
 registering a duplicate (a retried pipeline task must not create a second candidate).
+
+The upload rides out a short object-store outage on MLflow's own per-request retries (see
+:mod:`components.tracking`); logging the whole model again would not be safe to repeat (each
+call makes a new logged model), so a failure that outlasts them fails the step before any
+version exists, and a retried task starts clean. After the upload the weights are read back and
+their sha256 compared with the one the version is tagged with.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import mlflow.artifacts
 from kfp.dsl import Artifact, Input, Model
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model as MlflowModel
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.fluent import active_run, log_metrics, set_tags, start_run
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from components.kfp_step import step_component
-from components.model_package import PackageConfig, log_package, read_state_dict
+from components.model_package import (
+    WEIGHTS_ARTIFACT,
+    LoggedPackage,
+    PackageConfig,
+    log_package,
+    read_state_dict,
+)
 from components.registry import (
     CHALLENGER,
     EXPERIMENT_NAME,
@@ -34,6 +49,7 @@ from components.registry import (
     use_tracking_uri,
     utc_now,
 )
+from components.tracking import check_artifact, uploading
 from model_lib.presets import ExperimentConfig
 
 logger = logging.getLogger(__name__)
@@ -85,6 +101,25 @@ def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, f
         elif isinstance(value, int | float) and not isinstance(value, bool):
             flat[name] = float(value)
     return flat
+
+
+def check_uploaded_weights(client: MlflowClient, package: LoggedPackage, tracking_uri: str) -> None:
+    """Read the logged model's weights back from the tracking store and compare their sha256.
+
+    Raises:
+        ArtifactUploadError: a download fails or the stored weights differ (names the file).
+    """
+    location = client.get_logged_model(package.info.model_id).artifact_location.rstrip("/")
+    with (
+        tempfile.TemporaryDirectory(prefix="cxr-gaze-mlmodel-") as tmp,
+        uploading(f"{location}/MLmodel", tracking_uri, verb="reading back"),
+    ):
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{location}/MLmodel", dst_path=tmp, tracking_uri=tracking_uri
+        )
+        flavor = MlflowModel.load(local).flavors["python_function"]
+    weights = flavor["artifacts"][WEIGHTS_ARTIFACT]["path"]
+    check_artifact(f"{location}/{weights}", package.weights_sha256, tracking_uri)
 
 
 def _lineage(lineage: Lineage | Mapping[str, Any]) -> Lineage:
@@ -157,6 +192,8 @@ def register_model(
         RegistryUnreachable: the tracking server does not answer (one line naming the URI).
         ValueError / FileNotFoundError: bad lineage, config or weights (naming the field or
             file), before anything is written to the registry.
+        ArtifactUploadError: the model's upload failed after MLflow's retries, or its weights
+            came back with another sha256; no version is registered.
     """
     lineage = _lineage(lineage)
     package = PackageConfig.load(config)
@@ -198,7 +235,9 @@ def register_model(
             set_tags(lineage.tags())
             if flat:
                 log_metrics(flat)
-            package_info = log_package(state, package)
+            with uploading(f"the model from {weights_path}", tracking_uri):
+                package_info = log_package(state, package)
+            check_uploaded_weights(client, package_info, tracking_uri)
 
         _ensure_registered_model(client, model_name)
         tags = {

@@ -4,10 +4,21 @@ scores, per-epoch metrics, and the run marked failed when a step fails.
 Every pipeline step is its own process (a pod on the cluster), so the parent run is opened by
 the first step and its id travels through the DAG as a parameter. The exit handler closes it
 with the pipeline's final state.
+
+Uploads and an object store that goes away for a while: with the server proxying artifacts (the
+deployed setup), each file is one HTTP PUT that MLflow's client retries on 5xx answers and
+connection errors with exponential backoff (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, default 7, and
+``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``, default 2: waits of about 0, 4, 8, ... 120 s), rewinding
+the file for each try; a PUT of the same path overwrites, so a retry is safe. A client that
+writes to S3 itself (``--no-serve-artifacts``) gets botocore's retries from
+:func:`components.data_transfer.s3_retries`. Inside :func:`uploading` an upload that still
+fails becomes one :class:`ArtifactUploadError` naming the server, and :func:`check_artifact`
+reads an uploaded file back and compares its sha256.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,10 +30,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import mlflow
+import mlflow.artifacts
+import requests
 from kfp import dsl
 from mlflow.entities import RunStatus
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from components.data_transfer import s3_retries
 from components.kfp_step import step_component
 from components.registry import (
     EXPERIMENT_NAME,
@@ -32,6 +48,7 @@ from components.registry import (
 )
 from model_lib.training.callbacks import Callback
 from model_lib.training.fit import FitResult
+from model_lib.training.stages import StageSpec
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +57,81 @@ GIT_SHA_ENV = "CXRGAZE_GIT_SHA"
 """Set in the project image at build time, where there is no git checkout."""
 STEP_TAG = "cxrgaze.step"
 FAILED_STEPS_TAG = "cxrgaze.failed_steps"
+
+
+class ArtifactUploadError(RuntimeError):
+    """An artifact did not reach the tracking store, or not intact; the message names the store
+    and the artifact."""
+
+
+# What MLflow's client raises once its HTTP retries are spent ("API request to ... failed").
+_TRANSFER_ERROR_CODES = frozenset({"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE"})
+
+
+def _transfer_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (MlflowException, requests.RequestException)
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # no boto3 here: the server writes to S3, not this process
+        return errors
+    return (*errors, BotoCoreError, ClientError)
+
+
+@contextmanager
+def uploading(what: str, tracking_uri: str, *, verb: str = "uploading") -> Iterator[None]:
+    """Artifact transfers inside the block: S3 clients made here retry (botocore ``standard``
+    mode), and a transfer that fails once the retries are spent raises
+    :class:`ArtifactUploadError` naming ``what`` and the tracking store."""
+    try:
+        with s3_retries():
+            yield
+    except _transfer_errors() as err:
+        if isinstance(err, MlflowException) and err.error_code not in _TRANSFER_ERROR_CODES:
+            raise  # a refused request (bad input, permissions), not a failed transfer
+        raise ArtifactUploadError(
+            f"{verb} {what} (MLflow tracking store {tracking_uri}) failed after "
+            f"retrying (MLFLOW_HTTP_REQUEST_MAX_RETRIES={MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()}"
+            f"): {type(err).__name__}: {err}"
+        ) from err
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_artifact(artifact_uri: str, sha256: str, tracking_uri: str) -> None:
+    """Download one uploaded file and compare its sha256 with ``sha256``.
+
+    Raises:
+        ArtifactUploadError: the download fails or the bytes differ (names the artifact).
+    """
+    with tempfile.TemporaryDirectory(prefix="cxr-gaze-check-") as tmp:
+        with uploading(artifact_uri, tracking_uri, verb="reading back"):
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=artifact_uri, dst_path=tmp, tracking_uri=tracking_uri
+            )
+        if (got := sha256_of(Path(local))) != sha256:
+            raise ArtifactUploadError(
+                f"{artifact_uri} at {tracking_uri}: sha256 {got}, the uploaded file had {sha256}"
+            )
+
+
+def log_artifact_checked(client: MlflowClient, run_id: str, path: Path, tracking_uri: str) -> None:
+    """Upload ``path`` into the run's artifact root, then read it back to check its sha256.
+
+    Raises:
+        ArtifactUploadError: the upload failed after the retries, or the stored bytes differ.
+    """
+    path = Path(path)
+    with uploading(f"{path.name} of run {run_id}", tracking_uri):
+        client.log_artifact(run_id, str(path))
+        artifact_uri = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path.name}"
+    check_artifact(artifact_uri, sha256_of(path), tracking_uri)
 
 
 def resolve_tracking_uri(tracking_uri: str = "") -> str:
@@ -115,7 +207,7 @@ def open_pipeline_run(
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.json"
         path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        client.log_artifact(run_id, str(path))
+        log_artifact_checked(client, run_id, path, tracking_uri)
     logger.info("MLflow run %s opened for pipeline run %s", run_id, pipeline_run_id)
     return run_id
 
@@ -198,10 +290,22 @@ def step_run(
 
 
 class EpochMetrics(Callback):
-    """Logs each epoch's metrics to the active run, keyed ``<stage>/<metric>``, step = epoch."""
+    """Logs each epoch's metrics to the active run, keyed ``<stage>/<metric>``, step = epoch,
+    and one log line per epoch (``cxrgaze run`` shows it as the step's progress)."""
+
+    def __init__(self) -> None:
+        self.max_epochs: dict[str, int] = {}
+
+    def on_stage_start(self, spec: StageSpec, start_epoch: int) -> None:
+        self.max_epochs[spec.name] = spec.max_epochs
 
     def on_epoch_end(self, stage: str, epoch: int, metrics: dict[str, float]) -> None:
         mlflow.log_metrics({f"{stage}/{k}": float(v) for k, v in metrics.items()}, step=epoch)
+        losses = ", ".join(
+            f"{k} {metrics[k]:.4f}" for k in ("train_loss", "val_loss") if k in metrics
+        )
+        total = self.max_epochs.get(stage, "?")
+        logger.info("stage %s epoch %d/%s: %s", stage, epoch + 1, total, losses)
 
 
 def log_stage_artifacts(fit: FitResult, folder: Path) -> None:
@@ -225,8 +329,10 @@ def log_stage_artifacts(fit: FitResult, folder: Path) -> None:
     curves = folder / f"{fit.stage}_loss.png"
     fig.savefig(curves, dpi=90)
     plt.close(fig)
-    mlflow.log_artifact(str(history))
-    mlflow.log_artifact(str(curves))
+    run_id = mlflow.active_run().info.run_id
+    client, uri = MlflowClient(), mlflow.get_tracking_uri()
+    for path in (history, curves):
+        log_artifact_checked(client, run_id, path, uri)
 
 
 @step_component

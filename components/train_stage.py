@@ -4,11 +4,23 @@ the stage before, tracked as a nested MLflow run.
 The run logs the stage's settings as params, every epoch's metrics (``<stage>/<metric>`` at
 step = epoch), the best epoch's metrics, the history and a loss-curve plot. A stage the preset
 disables (3' unless enabled) passes the weights through and says so in the run.
+
+Checkpoints live where a rerun of the step finds them: ``<root>/<parent run id>/<stage>-<digest
+of the starting weights>/``, with ``<root>`` from ``$CXRGAZE_CHECKPOINT_ROOT`` (default: the
+system temp folder's ``cxr-gaze-checkpoints``). A retried task (KFP ``set_retry``, a rerun of
+the failed run) trains under the same pipeline run and the same parent MLflow run id, so a step
+killed mid-stage resumes from its last epoch instead of starting over. On a cluster, point the
+variable at a volume that outlives the pod (a PVC); a pod's own /tmp dies with it. The folder is
+removed once the step has succeeded.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,9 +34,50 @@ from components.kfp_step import step_component
 from components.tracking import EpochMetrics, log_stage_artifacts, resolve_tracking_uri, step_run
 from model_lib.presets import get_preset
 from model_lib.training import experiment
-from model_lib.training.experiment import StageOutcome
+from model_lib.training.checkpoint import load_checkpoint
+from model_lib.training.experiment import CHECKPOINTS_DIR, StageOutcome
+from model_lib.training.fit import LAST_CHECKPOINT
 
 logger = logging.getLogger(__name__)
+
+CHECKPOINT_ROOT_ENV = "CXRGAZE_CHECKPOINT_ROOT"
+_SCRATCH_ROOT = "cxr-gaze-checkpoints"
+
+
+def default_checkpoint_root() -> Path:
+    """``$CXRGAZE_CHECKPOINT_ROOT``, else ``cxr-gaze-checkpoints`` in the system temp folder."""
+    return Path(os.environ.get(CHECKPOINT_ROOT_ENV) or Path(tempfile.gettempdir()) / _SCRATCH_ROOT)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stage_workdir(
+    parent_run_id: str, stage: str, init_weights: Path | None, root: Path | None = None
+) -> Path:
+    """Where a step keeps its checkpoints: the same folder for every attempt of one stage of one
+    pipeline run from the same starting weights, another one for anything else.
+
+    Raises:
+        ValueError: an empty run id, or one that is not a plain folder name.
+    """
+    if not parent_run_id or parent_run_id in {".", ".."} or "/" in parent_run_id:
+        raise ValueError(f"parent_run_id {parent_run_id!r} cannot key a checkpoint folder")
+    start = "init" if init_weights is None else _file_digest(Path(init_weights))[:16]
+    return (root or default_checkpoint_root()) / parent_run_id / f"{stage}-{start}"
+
+
+def _resuming_at(workdir: Path, stage: str) -> int | None:
+    """The epoch a killed attempt's ``last.pt`` resumes at, None when there is none."""
+    last = workdir / CHECKPOINTS_DIR / stage / LAST_CHECKPOINT
+    if not last.is_file():
+        return None
+    return len(load_checkpoint(last)["progress"]["history"])
 
 
 def train_stage_step(
@@ -38,23 +91,33 @@ def train_stage_step(
     init_weights: Path | None,
     tracking_uri: str,
     parent_run_id: str,
+    checkpoint_root: Path | None = None,
 ) -> StageOutcome:
     """Train ``stage`` of the preset on the store's train split (selecting on val) and write its
     best weights to ``weights_out``. Runs on the GPU when there is one, data-parallel under
-    torchrun over every visible GPU when there are several (:mod:`components.ddp_launch`)."""
+    torchrun over every visible GPU when there are several (:mod:`components.ddp_launch`).
+
+    Checkpoints go to :func:`stage_workdir` under ``checkpoint_root`` (default
+    :func:`default_checkpoint_root`), so a rerun of a killed step resumes at the epoch after
+    the last one it finished; the folder is deleted when the step succeeds."""
     cfg = get_preset(preset, overrides)
     spec = cfg.stage(stage)
     store, maps = materialize(Path(store)), materialize(Path(maps))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     params = {f"{stage}.{k}": v for k, v in spec.model_dump(mode="json").items()}
+    init = None if init_weights is None else Path(init_weights)
+    work = stage_workdir(parent_run_id, stage, init, checkpoint_root)
+    if (epoch := _resuming_at(work, stage)) is not None:
+        logger.info("stage %s: resuming at epoch %d from the checkpoints in %s", stage, epoch, work)
+    else:
+        logger.info("stage %s: checkpoints in %s", stage, work)
     with (
         step_run(resolve_tracking_uri(tracking_uri), parent_run_id, stage, params) as run,
-        tempfile.TemporaryDirectory(prefix=f"cxr-gaze-{stage}-") as work,
+        tempfile.TemporaryDirectory(prefix=f"cxr-gaze-{stage}-") as scratch,
     ):
-        init = None if init_weights is None else Path(init_weights)
         callbacks = [EpochMetrics()]
         outcome = maybe_torchrun(
-            stage, preset, overrides, Path(store), Path(maps), Path(work), Path(weights_out),
+            stage, preset, overrides, Path(store), Path(maps), work, Path(weights_out),
             init_weights=init, callbacks=callbacks,
         )  # fmt: skip
         if outcome is None:
@@ -63,7 +126,7 @@ def train_stage_step(
                 stage,
                 Path(store),
                 Path(maps),
-                Path(work),
+                work,
                 Path(weights_out),
                 init_weights=init,
                 callbacks=callbacks,
@@ -77,7 +140,7 @@ def train_stage_step(
         else:
             best = {f"{stage}/best_{k}": v for k, v in outcome.fit.final_metrics.items()}
             mlflow.log_metrics({**best, f"{stage}/best_epoch": outcome.fit.best_epoch})
-            log_stage_artifacts(outcome.fit, Path(work) / "artifacts")
+            log_stage_artifacts(outcome.fit, Path(scratch) / "artifacts")
             logger.info(
                 "stage %s: %d epochs (best %d, %s) in %.0f s on %s; run %s",
                 stage,
@@ -88,6 +151,10 @@ def train_stage_step(
                 device,
                 run.info.run_id,
             )
+    # Everything the step owes is written: the checkpoints have served their purpose.
+    shutil.rmtree(work, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        work.parent.rmdir()  # the run's folder, once its last stage folder is gone
     return outcome
 
 
