@@ -521,6 +521,52 @@ def data_versions(
         typer.echo(versions_text(versions))
 
 
+Remote = Annotated[
+    str | None, typer.Option(help="DVC remote name (default: the project's default remote).")
+]
+Attempts = Annotated[int, typer.Option(min=1, help="Whole-transfer attempts, with backoff.")]
+
+
+def _sync(call: Callable[[], object]) -> None:
+    from pipelines.data_sync import DataSyncError
+
+    try:
+        result = call()
+    except DataSyncError as err:
+        if _state["verbose"]:
+            raise
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    typer.echo(result.describe())  # type: ignore[attr-defined]
+
+
+@data_app.command("push")
+@user_errors
+def data_push(remote: Remote = None, attempts: Attempts = 5) -> None:
+    """Upload the DVC-tracked data to a remote, retrying through outages, then check every
+    object on the remote against its md5.
+
+    Example: cxrgaze data push --remote s3
+    """
+    from pipelines.data_sync import push
+    from pipelines.data_versions import repo_root
+
+    _sync(lambda: push(repo_root(), remote, attempts=attempts))
+
+
+@data_app.command("pull")
+@user_errors
+def data_pull(remote: Remote = None, attempts: Attempts = 5) -> None:
+    """Download the data this commit tracks, check each object's md5, then check it out.
+
+    Example: cxrgaze data pull --remote s3
+    """
+    from pipelines.data_sync import pull
+    from pipelines.data_versions import repo_root
+
+    _sync(lambda: pull(repo_root(), remote, attempts=attempts))
+
+
 @data_app.command("rollback")
 @user_errors
 def data_rollback(

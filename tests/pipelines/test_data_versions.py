@@ -153,3 +153,14 @@ def test_cli_run_on_a_data_revision_reads_that_version(repo) -> None:
     copies = list((repo / "runs" / "data-revs").glob("*/release"))
     assert len(copies) == 1 and tree_hashes(copies[0]) == v1
     assert tree_hashes(repo / RELEASE) == v2
+
+
+def test_cli_push_and_pull(repo) -> None:
+    repo, _, v2 = repo
+    cli = str(BIN / "cxrgaze")
+    pushed = run([cli, "data", "push"], repo).stdout
+    assert "remote local" in pushed and "0 objects transferred" in pushed
+    shutil.rmtree(repo / ".dvc" / "cache")
+    shutil.rmtree(repo / RELEASE)
+    run([cli, "data", "pull"], repo)
+    assert tree_hashes(repo / RELEASE) == v2
