@@ -17,13 +17,18 @@ import yaml
 from components.kfp_step import PLACEHOLDER_IMAGE
 
 DEFAULT_IMAGE = "ghcr.io/cxr-gaze/cxr-gaze:0.1.0"
+CLUSTER_RETRIES = 2
+"""Retries of a failed training step on the cluster (evicted or killed pods resume from the
+checkpoint volume)."""
 _IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 """Lower-case registry/repository[:tag][@digest], as container runtimes accept them."""
 
 
-def compile_pipeline(out: Path, image: str = DEFAULT_IMAGE, gpus: int = 1) -> Path:
-    """Write the IR YAML of the training pipeline to ``out`` with every step on ``image`` and
-    ``gpus`` GPUs per training step.
+def compile_pipeline(
+    out: Path, image: str = DEFAULT_IMAGE, gpus: int = 1, retries: int = CLUSTER_RETRIES
+) -> Path:
+    """Write the IR YAML of the training pipeline to ``out`` with every step on ``image``,
+    ``gpus`` GPUs per training step and ``retries`` retries of a failed training step.
 
     Raises:
         ValueError: ``image`` is not a container image reference, or ``gpus`` < 1.
@@ -32,7 +37,7 @@ def compile_pipeline(out: Path, image: str = DEFAULT_IMAGE, gpus: int = 1) -> Pa
 
     from pipelines.training_pipeline import make_training_pipeline
 
-    training_pipeline = make_training_pipeline(gpus)
+    training_pipeline = make_training_pipeline(gpus, retries)
 
     if not _IMAGE_REF.match(image):
         raise ValueError(f"image {image!r} is not a container image reference")

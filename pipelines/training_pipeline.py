@@ -37,7 +37,7 @@ from components.pretrain import pretrain
 from components.promote import load_policy, promote_challenger, reject_challenger
 from components.register import register
 from components.tracking import close_run, open_run
-from components.train_stage import train_stage
+from components.train_stage import CHECKPOINT_ROOT_ENV, train_stage
 
 PIPELINE_NAME = "cxr-gaze-training"
 POLICY_FILE = Path("mlflow") / "promotion.yaml"
@@ -48,6 +48,10 @@ TRAIN_STAGES = ("s1b", "s2", "s3", "s3j")
 GPU_RESOURCE = "nvidia.com/gpu"
 TRAINING_CPU, TRAINING_MEMORY, TRAINING_MEMORY_LIMIT = "4", "16G", "32G"
 SHM_SIZE = "8Gi"
+CHECKPOINT_PVC, CHECKPOINT_MOUNT = "cxr-gaze-checkpoints", "/checkpoints"
+TRAINING_CONFIG_MAP = "cxr-gaze-training"
+"""On the cluster, checkpoints live on a volume (k8s/base/training.yaml) whose path reaches the
+step through the ConfigMap, so a retried pod resumes where the killed one stopped."""
 
 
 def default_policy() -> dict:
@@ -56,10 +60,18 @@ def default_policy() -> dict:
     return load_policy(beside if beside.is_file() else POLICY_FILE).model_dump(mode="json")
 
 
-def on_gpu_node(task: dsl.PipelineTask, gpus) -> dsl.PipelineTask:
+def on_gpu_node(task: dsl.PipelineTask, gpus: int, retries: int) -> dsl.PipelineTask:
     """Training resources: ``gpus`` GPUs (more than one trains data-parallel under torchrun),
     CPU and memory for the loader, a memory-backed /dev/shm (PyTorch shares batches through
-    it), scheduling onto tainted GPU nodes."""
+    it), scheduling onto tainted GPU nodes, and ``retries`` retries that resume from the
+    checkpoint volume. kfp.local ignores the Kubernetes settings (it keeps checkpoints in the
+    system temp folder)."""
+    if retries:
+        task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2.0)
+    kubernetes.mount_pvc(task, pvc_name=CHECKPOINT_PVC, mount_path=CHECKPOINT_MOUNT)
+    kubernetes.use_config_map_as_env(
+        task, TRAINING_CONFIG_MAP, {"checkpoint_root": CHECKPOINT_ROOT_ENV}
+    )
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpus)
     task.set_cpu_request(TRAINING_CPU).set_memory_request(TRAINING_MEMORY)
     task.set_memory_limit(TRAINING_MEMORY_LIMIT)
@@ -74,12 +86,16 @@ def on_gpu_node(task: dsl.PipelineTask, gpus) -> dsl.PipelineTask:
     return task
 
 
-def make_training_pipeline(gpus: int = 1) -> Callable:
+def make_training_pipeline(gpus: int = 1, retries: int = 0) -> Callable:
     """The pipeline with ``gpus`` GPUs per training step (more than one trains data-parallel
-    under torchrun). The count is fixed when the pipeline is built: kfp.local cannot resolve a
-    GPU count given as a run parameter inside the exit handler's DAG."""
+    under torchrun) and ``retries`` retries of a failed training step (the cluster's pods get
+    evicted or killed; a local failure is a bug to see at once). Both are fixed when the
+    pipeline is built: kfp.local cannot resolve a GPU count given as a run parameter inside the
+    exit handler's DAG."""
     if gpus < 1:
         raise ValueError(f"gpus must be at least 1, got {gpus}")
+    if retries < 0:
+        raise ValueError(f"retries must be at least 0, got {retries}")
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -131,6 +147,7 @@ def make_training_pipeline(gpus: int = 1) -> Callable:
                     parent_run_id=run_id,
                 ),
                 gpus,
+                retries,
             )
             stage.set_caching_options(False).set_display_name("train s1a (contrastive)")
             for name in TRAIN_STAGES:
@@ -146,6 +163,7 @@ def make_training_pipeline(gpus: int = 1) -> Callable:
                         parent_run_id=run_id,
                     ),
                     gpus,
+                    retries,
                 )
                 stage.set_caching_options(False).set_display_name(f"train {name}")
             scored = evaluate(

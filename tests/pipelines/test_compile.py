@@ -137,6 +137,31 @@ def test_gpu_requests_and_kubernetes_settings(ir: tuple[dict, dict]) -> None:
         assert settings["tolerations"] == [
             {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}
         ]
+        # Checkpoints on a volume, its path from the ConfigMap: a retried pod resumes.
+        assert [m["mountPath"] for m in settings["pvcMount"]] == ["/checkpoints"]
+        assert settings["pvcMount"][0]["constant"] == "cxr-gaze-checkpoints"
+        (env,) = settings["configMapAsEnv"]
+        assert env["configMapName"] == "cxr-gaze-training"
+        assert env["keyToEnv"] == [
+            {"configMapKey": "checkpoint_root", "envVar": "CXRGAZE_CHECKPOINT_ROOT"}
+        ]
+
+
+def _retry_policies(spec: dict) -> dict[str, dict]:
+    dag = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    return {name: task["retryPolicy"] for name, task in dag.items() if "retryPolicy" in task}
+
+
+def test_training_steps_retry_on_the_cluster_but_not_locally(
+    ir: tuple[dict, dict], tmp_path: Path
+) -> None:
+    spec, _ = ir
+    retried = _retry_policies(spec)
+    assert set(retried) == set(TRAINING_TASKS)
+    assert {p["maxRetryCount"] for p in retried.values()} == {2}
+    local = tmp_path / "local.yaml"
+    compile_pipeline(local, retries=0)
+    assert _retry_policies(next(yaml.safe_load_all(local.read_text()))) == {}
 
 
 def test_every_step_runs_the_project_image_without_installs(ir: tuple[dict, dict]) -> None:
