@@ -33,7 +33,7 @@ from components.register import flatten_metrics
 from components.registry import registry_client
 from components.report import ReportContent, StageCurves, evaluation_html
 from components.scores import Scores
-from components.tracking import STEP_TAG, resolve_tracking_uri, step_run
+from components.tracking import SKIPPED_TAG, STEP_TAG, resolve_tracking_uri, step_run
 from model_lib.config import ModelConfig
 from model_lib.data.fingerprint import tree_digest
 from model_lib.metrics import reliability, roc_curve, saliency_summary
@@ -43,9 +43,6 @@ from model_lib.training import evaluate_experiment, load_model_weights
 from model_lib.training.evaluate import compare_saliency
 
 logger = logging.getLogger(__name__)
-
-SKIPPED_TAG = "cxrgaze.skipped"
-"""Set by the train step on the run of a stage the preset disables."""
 
 
 @dataclass(frozen=True)

@@ -289,6 +289,10 @@ def step_run(
             yield run
 
 
+SKIPPED_TAG = "cxrgaze.skipped"
+"""Tag on a stage's run when the preset disables the stage (the weights pass through)."""
+
+
 class EpochMetrics(Callback):
     """Logs each epoch's metrics to the active run, keyed ``<stage>/<metric>``, step = epoch,
     and one log line per epoch (``cxrgaze run`` shows it as the step's progress)."""

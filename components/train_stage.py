@@ -31,7 +31,13 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from components.data_transfer import materialize
 from components.ddp_launch import maybe_torchrun
 from components.kfp_step import step_component
-from components.tracking import EpochMetrics, log_stage_artifacts, resolve_tracking_uri, step_run
+from components.tracking import (
+    SKIPPED_TAG,
+    EpochMetrics,
+    log_stage_artifacts,
+    resolve_tracking_uri,
+    step_run,
+)
 from model_lib.presets import get_preset
 from model_lib.training import experiment
 from model_lib.training.checkpoint import load_checkpoint
@@ -135,7 +141,7 @@ def train_stage_step(
             )
         mlflow.log_metric(f"{stage}/seconds", outcome.seconds)
         if outcome.fit is None:
-            mlflow.set_tag("cxrgaze.skipped", f"stage {stage} is disabled in preset {preset}")
+            mlflow.set_tag(SKIPPED_TAG, f"stage {stage} is disabled in preset {preset}")
             logger.info("stage %s disabled: weights passed through", stage)
         else:
             best = {f"{stage}/best_{k}": v for k, v in outcome.fit.final_metrics.items()}
