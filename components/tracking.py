@@ -42,6 +42,7 @@ from components.data_transfer import s3_retries
 from components.kfp_step import step_component
 from components.registry import (
     EXPERIMENT_NAME,
+    MODEL_NAME,
     PIPELINE_RUN_ID_TAG,
     registry_client,
     use_tracking_uri,
@@ -54,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 GIT_SHA_ENV = "CXRGAZE_GIT_SHA"
+TRAINED_AS_TAG = "trained_as"
+"""On a pipeline run that found its model already trained: '<version> <pipeline run id>'."""
 """Set in the project image at build time, where there is no git checkout."""
 STEP_TAG = "cxrgaze.step"
 FAILED_STEPS_TAG = "cxrgaze.failed_steps"
@@ -347,11 +350,16 @@ def open_run(
     overrides: list,
     tracking_uri: str,
     pipeline_run_id: str,
-) -> NamedTuple("OpenRunOutputs", [("run_id", str), ("data_version", str)]):
-    """Pin the data version (a content digest of the raw release) and open the MLflow run."""
+    retrain: bool,
+) -> NamedTuple("OpenRunOutputs", [("run_id", str), ("data_version", str), ("trained_as", str)]):
+    """Pin the data version (a content digest of the raw release), open the MLflow run, and
+    name the registered version already trained on the same data, code and settings ("" when
+    there is none, or with ``retrain``)."""
     from components.tracking import open_run_step
 
-    return open_run_step(raw_dir, data_rev, preset, overrides, tracking_uri, pipeline_run_id)
+    return open_run_step(
+        raw_dir, data_rev, preset, overrides, tracking_uri, pipeline_run_id, retrain=retrain
+    )
 
 
 @step_component
@@ -369,27 +377,70 @@ def open_run_step(
     overrides: Sequence[str],
     tracking_uri: str,
     pipeline_run_id: str,
-) -> tuple[str, str]:
-    """(MLflow run id, data version) for a pipeline run."""
+    *,
+    retrain: bool = False,
+) -> tuple[str, str, str]:
+    """(MLflow run id, data version, version already trained or "") for a pipeline run."""
     from model_lib.data.fingerprint import tree_digest
     from model_lib.presets import get_preset
 
     cfg = get_preset(preset, overrides)
     data_version = tree_digest(Path(raw_dir))
     logger.info("data %s at revision %s: content md5 %s", raw_dir, data_rev, data_version)
+    uri = resolve_tracking_uri(tracking_uri)
+    code = git_sha()
+    overrides_json = json.dumps(list(overrides))
+    earlier = None if retrain else find_trained(uri, data_version, code, preset, overrides_json)
     run_id = open_pipeline_run(
-        resolve_tracking_uri(tracking_uri),
+        uri,
         pipeline_run_id=pipeline_run_id,
-        params={"preset": preset, "overrides": json.dumps(list(overrides)), "raw_dir": raw_dir},
+        params={"preset": preset, "overrides": overrides_json, "raw_dir": raw_dir},
         tags={
             "data_rev": data_rev,
             "data_version": data_version,
-            "git_sha": git_sha(),
+            "git_sha": code,
             "preset": preset,
         },
         config=cfg.model_dump(mode="json"),
     )
-    return run_id, data_version
+    if earlier is None:
+        return run_id, data_version, ""
+    version, by_run = earlier
+    registry_client(uri).set_tag(run_id, TRAINED_AS_TAG, f"{version} {by_run}")
+    logger.info("version %s was trained on this data, code and settings by pipeline run %s: "
+                "nothing to train (retrain=True trains anyway)", version, by_run)  # fmt: skip
+    return run_id, data_version, version
+
+
+def find_trained(
+    tracking_uri: str, data_version: str, code: str, preset: str, overrides_json: str
+) -> tuple[str, str] | None:
+    """(version, pipeline run id) of a registered version that a finished pipeline run trained
+    on the same data content, code, preset and overrides; None when there is none, or when the
+    code is not a clean commit (uncommitted changes could change the model)."""
+    if code == "unknown" or code.endswith("+dirty"):
+        return None
+    client = registry_client(tracking_uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.{STEP_TAG} = 'pipeline' and tags.data_version = '{data_version}' "
+        f"and tags.git_sha = '{code}' and tags.preset = '{preset}' "
+        "and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    for run in runs:
+        if run.data.params.get("overrides") != overrides_json:
+            continue
+        pipeline_run_id = run.data.tags[PIPELINE_RUN_ID_TAG]
+        versions = client.search_model_versions(
+            f"name='{MODEL_NAME}' and tags.{PIPELINE_RUN_ID_TAG}='{pipeline_run_id}'"
+        )
+        if versions:
+            return str(min(int(v.version) for v in versions)), pipeline_run_id
+    return None
 
 
 def close_run_step(

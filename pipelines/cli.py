@@ -173,6 +173,13 @@ TrackingUri = Annotated[
     str, typer.Option(envvar="MLFLOW_TRACKING_URI", help="MLflow tracking and registry URI.")
 ]
 Policy = Annotated[Path, typer.Option(help="Promotion policy (thresholds) YAML.")]
+Retrain = Annotated[
+    bool,
+    typer.Option(
+        help="Train even when a registered version has the same data content, code commit, "
+        "preset and overrides (otherwise the run stops early, naming that version)."
+    ),
+]
 
 
 def _policy(path: Path) -> dict:
@@ -201,6 +208,7 @@ def run(
     data_remote: Annotated[
         str, typer.Option(help="Object-store prefix (s3://bucket/prefix) for store and maps.")
     ] = "",
+    retrain: Retrain = False,
 ) -> None:
     """Run the training pipeline locally (kfp.local) and print a summary.
 
@@ -229,6 +237,7 @@ def run(
         pipeline_root=pipeline_root,
         cache=cache,
         data_remote=data_remote,
+        retrain=retrain,
     )
 
 
@@ -243,10 +252,12 @@ def demo(
     ),
     tracking_uri: TrackingUri = "sqlite:///mlflow.db",
     policy: Policy = Path("mlflow/promotion.yaml"),
+    retrain: Retrain = False,
 ) -> None:
     """Synthesise data if absent, then run the pipeline with the `demo` preset.
 
-    Running it again trains and registers a new version, which the gate judges against the
+    Running it again with the same data and code finds the version it registered and stops;
+    with --retrain it trains and registers a new version, which the gate judges against the
     champion.
 
     Example: cxrgaze demo
@@ -266,6 +277,7 @@ def demo(
         tracking_uri=tracking_uri,
         policy=_policy(policy),
         pipeline_root=workdir / "pipeline",
+        retrain=retrain,
     )
 
 
@@ -324,6 +336,7 @@ def _cluster_arguments(
     tracking_uri: str,
     policy: Path | None,
     data_remote: str,
+    retrain: bool = False,
 ) -> dict:
     """The pipeline's parameters, the preset and overrides checked here rather than in a pod."""
     from model_lib.presets import get_preset
@@ -339,6 +352,8 @@ def _cluster_arguments(
     }
     if policy is not None:
         arguments["promotion_policy"] = _policy(policy)
+    if retrain:
+        arguments["retrain"] = True
     return arguments
 
 
@@ -371,6 +386,7 @@ def submit(
     pipeline_file: PipelineFile = None,
     data_remote: DataRemote = "",
     gpus: Gpus = 1,
+    retrain: Retrain = False,
 ) -> None:
     """Upload the training pipeline to Kubeflow Pipelines and start one run.
 
@@ -382,7 +398,7 @@ def submit(
     from pipelines.cluster import submit as submit_run
 
     arguments = _cluster_arguments(
-        raw_dir, preset, overrides, data_rev, tracking_uri, policy, data_remote
+        raw_dir, preset, overrides, data_rev, tracking_uri, policy, data_remote, retrain
     )
     result = _on_cluster(
         lambda: submit_run(
@@ -417,6 +433,7 @@ def schedule(
     pipeline_file: PipelineFile = None,
     data_remote: DataRemote = "",
     gpus: Gpus = 1,
+    retrain: Retrain = False,
 ) -> None:
     """Schedule the training pipeline on Kubeflow Pipelines (a recurring run).
 
@@ -430,7 +447,7 @@ def schedule(
 
     validate_cron(cron)  # a typo fails before the preset is even looked at
     arguments = _cluster_arguments(
-        raw_dir, preset, overrides, data_rev, tracking_uri, policy, data_remote
+        raw_dir, preset, overrides, data_rev, tracking_uri, policy, data_remote, retrain
     )
     result = _on_cluster(
         lambda: schedule_run(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -57,6 +58,7 @@ class RunSummary:
     aliases: dict[str, str] = field(default_factory=dict)
     report: Path | None = None
     log: Path | None = None
+    trained_as: tuple[str, str] | None = None
 
     def text(self) -> str:
         state = "SUCCEEDED" if self.succeeded else "FAILED"
@@ -66,6 +68,13 @@ class RunSummary:
             lines.append(
                 f"  test split: macro AUC {t['auc_macro']:.3f}, accuracy {t['accuracy']:.3f}, "
                 f"mean CC {t['cc_mean']:.3f} (center prior {t['center_prior_cc_mean']:.3f})"
+            )
+        if self.trained_as is not None:
+            version, by_run = self.trained_as
+            lines.append(
+                f"  already trained: cxr-gaze version {version} (pipeline run {by_run}) has the "
+                "same data, code, preset and overrides; nothing to train (--retrain to train "
+                "anyway)"
             )
         if self.version is not None:
             status = self.validation_status or "not judged"
@@ -171,13 +180,16 @@ def summarise(
     from components.promote import REASONS_TAG
     from components.register import registered_by
     from components.registry import MODEL_NAME, VALIDATION_STATUS_TAG, registry_client
-    from components.tracking import find_pipeline_run
+    from components.tracking import TRAINED_AS_TAG, find_pipeline_run
 
     summary = RunSummary(pipeline_run_id, succeeded, seconds, output_dir, tracking_uri)
     client = registry_client(tracking_uri)
     summary.mlflow_run_id = find_pipeline_run(tracking_uri, pipeline_run_id)
     if summary.mlflow_run_id:
-        summary.mlflow_status = client.get_run(summary.mlflow_run_id).info.status
+        run = client.get_run(summary.mlflow_run_id)
+        summary.mlflow_status = run.info.status
+        if found := run.data.tags.get(TRAINED_AS_TAG):
+            summary.trained_as = tuple(found.split(" ", 1))  # type: ignore[assignment]
     evaluation = output_dir / "evaluate" / "summary"
     if evaluation.is_file():
         raw = json.loads(evaluation.read_text(encoding="utf-8"))
@@ -213,6 +225,7 @@ def run_local(
     cache: bool = False,
     verbose: bool = False,
     data_remote: str = "",
+    retrain: bool = False,
 ) -> RunSummary:
     """Run :func:`~pipelines.training_pipeline.training_pipeline` with kfp.local.
 
@@ -220,6 +233,8 @@ def run_local(
         raw_dir: the raw release (``egd-cxr/`` + ``mimic-cxr/``).
         policy: promotion thresholds (default: the checkout's ``mlflow/promotion.yaml``).
         cache: reuse ingest and heatmaps outputs of earlier runs on the same data content.
+        retrain: train even when a registered version has the same data content, clean code
+            commit, preset and overrides (otherwise the run stops after opening its MLflow run).
         data_remote: an object-store prefix (``s3://bucket/prefix``) for the store and maps;
             the artifacts then hold pointers (:mod:`components.data_transfer`).
         verbose: print every step's log; otherwise one line per step, and the logs go to
@@ -236,6 +251,8 @@ def run_local(
     from pipelines.training_pipeline import PIPELINE_NAME, default_policy, training_pipeline
 
     raw_dir = Path(raw_dir).resolve()
+    # Steps inherit the environment; unbuffered, their epoch lines reach the log as they happen.
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"{raw_dir}: no raw release there (run `cxrgaze synth` first)")
     get_preset(preset, overrides)  # a bad preset or override fails here, not in a step
@@ -269,6 +286,7 @@ def run_local(
                 promotion_policy=dict(policy) if policy is not None else default_policy(),
                 tracking_uri=tracking_uri,
                 data_remote=data_remote,
+                retrain=retrain,
             )
     except RuntimeError as err:
         error = err

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from kfp import dsl, kubernetes
 
+from components.already_trained import already_trained
 from components.evaluate import evaluate
 from components.heatmaps import heatmaps
 from components.ingest import ingest
@@ -110,6 +111,7 @@ def make_training_pipeline(gpus: int = 1, retries: int = 0) -> Callable:
         promotion_policy: dict = default_policy(),  # noqa: B008 (read once, at definition)
         tracking_uri: str = "",
         data_remote: str = "",
+        retrain: bool = False,
     ):
         run_name = dsl.PIPELINE_JOB_NAME_PLACEHOLDER
         closing = close_run(tracking_uri=tracking_uri, pipeline_run_id=run_name)
@@ -122,88 +124,96 @@ def make_training_pipeline(gpus: int = 1, retries: int = 0) -> Callable:
                 overrides=overrides,
                 tracking_uri=tracking_uri,
                 pipeline_run_id=run_name,
+                retrain=retrain,
             ).set_caching_options(False)
             run_id = opened.outputs["run_id"]
-            packed = ingest(
-                raw_dir=raw_dir,
-                data_version=opened.outputs["data_version"],
-                preset=preset,
-                overrides=overrides,
-                data_remote=data_remote,
-            ).set_caching_options(True)
-            store = packed.outputs["store"]
-            maps = heatmaps(
-                store=store, preset=preset, overrides=overrides, data_remote=data_remote
-            )
-            maps.set_caching_options(True)
-            gaze = maps.outputs["maps"]
-            stage = on_gpu_node(
-                pretrain(
+            # Same data content, clean code commit, preset and overrides as a registered version:
+            # nothing to train (the run records which version it found); retrain=True forces.
+            # (The Else branch also lets kfp.local resolve the condition: a lone If on a task
+            # output directly inside the exit handler is not resolved there.)
+            with dsl.If(opened.outputs["trained_as"] == "", name="not-trained-yet"):
+                packed = ingest(
+                    raw_dir=raw_dir,
+                    data_version=opened.outputs["data_version"],
                     preset=preset,
                     overrides=overrides,
-                    store=store,
-                    maps=gaze,
-                    tracking_uri=tracking_uri,
-                    parent_run_id=run_id,
-                ),
-                gpus,
-                retries,
-            )
-            stage.set_caching_options(False).set_display_name("train s1a (contrastive)")
-            for name in TRAIN_STAGES:
+                    data_remote=data_remote,
+                ).set_caching_options(True)
+                store = packed.outputs["store"]
+                maps = heatmaps(
+                    store=store, preset=preset, overrides=overrides, data_remote=data_remote
+                )
+                maps.set_caching_options(True)
+                gaze = maps.outputs["maps"]
                 stage = on_gpu_node(
-                    train_stage(
-                        stage=name,
+                    pretrain(
                         preset=preset,
                         overrides=overrides,
                         store=store,
                         maps=gaze,
-                        init_model=stage.outputs["model"],
                         tracking_uri=tracking_uri,
                         parent_run_id=run_id,
                     ),
                     gpus,
                     retries,
                 )
-                stage.set_caching_options(False).set_display_name(f"train {name}")
-            scored = evaluate(
-                preset=preset,
-                overrides=overrides,
-                store=store,
-                maps=gaze,
-                model=stage.outputs["model"],
-                promotion_policy=promotion_policy,
-                tracking_uri=tracking_uri,
-                parent_run_id=run_id,
-            ).set_caching_options(False)
-            registered = register(
-                model=stage.outputs["model"],
-                summary=scored.outputs["summary"],
-                preset=preset,
-                overrides=overrides,
-                data_rev=data_rev,
-                data_md5=packed.outputs["data_md5"],
-                pipeline_run_id=run_name,
-                tracking_uri=tracking_uri,
-                parent_run_id=run_id,
-            ).set_caching_options(False)
-            version = registered.outputs["version"]
-            with dsl.If(scored.outputs["passed_floors"] == True, name="floors-passed"):  # noqa: E712
-                promote_challenger(
+                stage.set_caching_options(False).set_display_name("train s1a (contrastive)")
+                for name in TRAIN_STAGES:
+                    stage = on_gpu_node(
+                        train_stage(
+                            stage=name,
+                            preset=preset,
+                            overrides=overrides,
+                            store=store,
+                            maps=gaze,
+                            init_model=stage.outputs["model"],
+                            tracking_uri=tracking_uri,
+                            parent_run_id=run_id,
+                        ),
+                        gpus,
+                        retries,
+                    )
+                    stage.set_caching_options(False).set_display_name(f"train {name}")
+                scored = evaluate(
+                    preset=preset,
+                    overrides=overrides,
                     store=store,
                     maps=gaze,
-                    version=version,
+                    model=stage.outputs["model"],
                     promotion_policy=promotion_policy,
                     tracking_uri=tracking_uri,
                     parent_run_id=run_id,
                 ).set_caching_options(False)
-            with dsl.Else(name="floors-missed"):
-                reject_challenger(
-                    version=version,
-                    floor_reasons=scored.outputs["floor_reasons"],
+                registered = register(
+                    model=stage.outputs["model"],
+                    summary=scored.outputs["summary"],
+                    preset=preset,
+                    overrides=overrides,
+                    data_rev=data_rev,
+                    data_md5=packed.outputs["data_md5"],
+                    pipeline_run_id=run_name,
                     tracking_uri=tracking_uri,
                     parent_run_id=run_id,
                 ).set_caching_options(False)
+                version = registered.outputs["version"]
+                with dsl.If(scored.outputs["passed_floors"] == True, name="floors-passed"):  # noqa: E712
+                    promote_challenger(
+                        store=store,
+                        maps=gaze,
+                        version=version,
+                        promotion_policy=promotion_policy,
+                        tracking_uri=tracking_uri,
+                        parent_run_id=run_id,
+                    ).set_caching_options(False)
+                with dsl.Else(name="floors-missed"):
+                    reject_challenger(
+                        version=version,
+                        floor_reasons=scored.outputs["floor_reasons"],
+                        tracking_uri=tracking_uri,
+                        parent_run_id=run_id,
+                    ).set_caching_options(False)
+            with dsl.Else(name="already-trained"):
+                already_trained(trained_as=opened.outputs["trained_as"]).set_caching_options(False)
 
     return training_pipeline
 

@@ -21,6 +21,7 @@ from components.tracking import (
     find_pipeline_run,
     git_sha,
     open_pipeline_run,
+    open_run_step,
     step_run,
 )
 from model_lib.presets import ExperimentConfig
@@ -161,3 +162,40 @@ def test_pipeline_tracking_through_a_real_server(mlflow_server, request) -> None
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=mlflow_server.bucket)["Contents"]]
     assert any(k.endswith(f"{run.info.run_id}/artifacts/evaluation/report.html") for k in keys)
     assert any(k.endswith(f"{parent}/artifacts/config.json") for k in keys)
+
+
+def test_a_model_already_trained_on_the_same_inputs_is_found(
+    sqlite_backend: Backend,
+    weights_file: Path,
+    ci_config: ExperimentConfig,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uri = sqlite_backend.tracking_uri
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "a.csv").write_text("x\n1\n")
+    monkeypatch.setenv("CXRGAZE_GIT_SHA", "c0de")
+
+    def opened(pipeline: str, overrides=(), retrain: bool = False, preset: str = "ci") -> str:
+        return open_run_step(str(raw), "r1", preset, list(overrides), uri, pipeline,
+                             retrain=retrain)[2]  # fmt: skip
+
+    assert opened("pipe-1") == ""  # nothing registered yet
+    lineage = {"data_rev": "r1", "data_md5": "m", "git_sha": "c0de", "pipeline_run_id": "pipe-1",
+               "preset": "ci"}  # fmt: skip
+    register_model(weights_file, ci_config, {}, lineage, tracking_uri=uri)
+    assert opened("pipe-2") == ""  # pipe-1 has not finished yet
+    close_run_step(uri, "pipe-1", "SUCCEEDED")
+    assert opened("pipe-3") == "1"
+    client = MlflowClient(uri)
+    assert client.get_run(find_pipeline_run(uri, "pipe-3")).data.tags["trained_as"] == "1 pipe-1"
+    # Anything that could change the model means training again.
+    assert opened("pipe-4", retrain=True) == ""
+    assert opened("pipe-5", overrides=["stages.s2.max_epochs=1"]) == ""
+    assert opened("pipe-6", preset="demo") == ""
+    monkeypatch.setenv("CXRGAZE_GIT_SHA", "c0de+dirty")
+    assert opened("pipe-7") == ""
+    monkeypatch.setenv("CXRGAZE_GIT_SHA", "c0de")
+    (raw / "a.csv").write_text("x\n2\n")
+    assert opened("pipe-8") == ""

@@ -31,7 +31,8 @@ def ir(compiled: Path) -> tuple[dict, dict]:
 
 
 def body_tasks(spec: dict) -> dict:
-    return spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    """The tasks that train, evaluate and register: run unless the model is already trained."""
+    return spec["components"]["comp-condition-6"]["dag"]["tasks"]
 
 
 def test_fresh_compile_matches_golden(compiled: Path) -> None:
@@ -54,15 +55,17 @@ def test_compile_is_deterministic(compiled: Path, tmp_path: Path) -> None:
 def test_steps_and_edges(ir: tuple[dict, dict]) -> None:
     spec, _ = ir
     assert set(spec["root"]["dag"]["tasks"]) == {"exit-handler-1", "close-run"}
+    handler = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert set(handler) == {"open-run", "condition-branches-2"}
+    assert handler["condition-branches-2"]["dependentTasks"] == ["open-run"]
     tasks = body_tasks(spec)
     assert set(tasks) == {
-        "open-run", "ingest", "heatmaps", *TRAINING_TASKS, "evaluate", "register",
-        "condition-branches-2",
+        "ingest", "heatmaps", *TRAINING_TASKS, "evaluate", "register", "condition-branches-3",
     }  # fmt: skip
     deps = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
-    assert deps["ingest"] == {"open-run"}
+    assert deps["ingest"] == set()
     assert deps["heatmaps"] == {"ingest"}
-    assert deps["pretrain"] == {"open-run", "ingest", "heatmaps"}
+    assert deps["pretrain"] == {"ingest", "heatmaps"}
     chain = ["pretrain", "train-stage", "train-stage-2", "train-stage-3", "train-stage-4"]
     for before, after in itertools.pairwise(chain):
         assert before in deps[after]
@@ -75,19 +78,33 @@ def test_steps_and_edges(ir: tuple[dict, dict]) -> None:
     assert stages == list(TRAIN_STAGES)
     assert "train-stage-4" in deps["evaluate"]
     assert {"evaluate", "train-stage-4"} <= deps["register"]
-    assert {"evaluate", "register"} <= deps["condition-branches-2"]
+    assert {"evaluate", "register"} <= deps["condition-branches-3"]
+
+
+def test_training_is_skipped_when_the_model_is_already_trained(ir: tuple[dict, dict]) -> None:
+    spec, _ = ir
+    branches = spec["components"]["comp-condition-branches-2"]["dag"]["tasks"]
+    untrained = "inputs.parameter_values['pipelinechannel--open-run-trained_as'] == ''"
+    assert branches["condition-6"]["triggerPolicy"]["condition"] == untrained
+    assert branches["condition-7"]["triggerPolicy"]["condition"] == f"!({untrained})"
+    assert set(spec["components"]["comp-condition-7"]["dag"]["tasks"]) == {"already-trained"}
+    opened = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]["open-run"]
+    assert opened["inputs"]["parameters"]["retrain"] == {
+        "componentInputParameter": "pipelinechannel--retrain"
+    }
+    assert spec["root"]["inputDefinitions"]["parameters"]["retrain"]["defaultValue"] is False
 
 
 def test_promotion_is_gated_on_the_floors(ir: tuple[dict, dict]) -> None:
     spec, _ = ir
-    branches = spec["components"]["comp-condition-branches-2"]["dag"]["tasks"]
+    branches = spec["components"]["comp-condition-branches-3"]["dag"]["tasks"]
     conditions = {name: task["triggerPolicy"]["condition"] for name, task in branches.items()}
-    assert set(conditions) == {"condition-3", "condition-4"}
+    assert set(conditions) == {"condition-4", "condition-5"}
     passed = "inputs.parameter_values['pipelinechannel--evaluate-passed_floors'] == true"
-    assert conditions["condition-3"] == passed
-    assert conditions["condition-4"] == f"!({passed})"
-    assert set(spec["components"]["comp-condition-3"]["dag"]["tasks"]) == {"promote-challenger"}
-    assert set(spec["components"]["comp-condition-4"]["dag"]["tasks"]) == {"reject-challenger"}
+    assert conditions["condition-4"] == passed
+    assert conditions["condition-5"] == f"!({passed})"
+    assert set(spec["components"]["comp-condition-4"]["dag"]["tasks"]) == {"promote-challenger"}
+    assert set(spec["components"]["comp-condition-5"]["dag"]["tasks"]) == {"reject-challenger"}
 
 
 def test_exit_handler_closes_the_mlflow_run(ir: tuple[dict, dict]) -> None:
@@ -111,9 +128,11 @@ def test_caching_only_for_pure_data_steps(ir: tuple[dict, dict]) -> None:
     assert cached == {"ingest", "heatmaps"}
     # The ingest cache key includes the content digest of the raw data.
     assert tasks["ingest"]["inputs"]["parameters"]["data_version"] == {
-        "taskOutputParameter": {"outputParameterKey": "data_version", "producerTask": "open-run"}
+        "componentInputParameter": "pipelinechannel--open-run-data_version"
     }
-    for name in ("open-run", "evaluate", "register", *TRAINING_TASKS):
+    handler = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert handler["open-run"]["cachingOptions"] == {}
+    for name in ("evaluate", "register", *TRAINING_TASKS):
         assert tasks[name]["cachingOptions"] == {}, name
 
 
@@ -148,7 +167,7 @@ def test_gpu_requests_and_kubernetes_settings(ir: tuple[dict, dict]) -> None:
 
 
 def _retry_policies(spec: dict) -> dict[str, dict]:
-    dag = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    dag = body_tasks(spec)
     return {name: task["retryPolicy"] for name, task in dag.items() if "retryPolicy" in task}
 
 
@@ -177,7 +196,7 @@ def test_pipeline_parameters_have_defaults(ir: tuple[dict, dict]) -> None:
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert set(params) == {
         "raw_dir", "data_rev", "preset", "overrides", "promotion_policy", "tracking_uri",
-        "data_remote",
+        "data_remote", "retrain",
     }  # fmt: skip
     assert params["data_remote"]["defaultValue"] == ""
     assert "defaultValue" not in params["raw_dir"]

@@ -40,35 +40,64 @@ BUCKET = "cxr-gaze-pipeline-data"
 
 
 @pytest.fixture(scope="module")
-def ci_run(
-    tiny_release: Path, tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str
-) -> Iterator[RunSummary]:
-    import boto3
-
+def ci_inputs(tiny_release: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(raw release with planted identifying fields, root folder of the run's outputs)."""
     root = tmp_path_factory.mktemp("pipeline")
     raw = tmp_path_factory.mktemp("pipeline-release") / "raw"
     shutil.copytree(tiny_release, raw)
     plant_phi(raw)
+    return raw, root
+
+
+@pytest.fixture(scope="module")
+def ci_run(ci_inputs: tuple[Path, Path], s3_endpoint: str) -> Iterator[RunSummary]:
+    import boto3
+
+    raw, root = ci_inputs
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=BUCKET)
     with pytest.MonkeyPatch.context() as env:
         # The steps are subprocesses: they find the S3 server through the environment.
         env.setenv("AWS_ENDPOINT_URL", s3_endpoint)
         env.setenv("CXRGAZE_DATA_CACHE", str(root / "data-cache"))
-        yield run_local(
-            raw,
-            preset="ci",
-            overrides=["data.phi_policy=strip"],
-            data_rev="v-test",
-            tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
-            policy=lenient_policy(),
-            pipeline_root=root / "outputs",
-            data_remote=f"s3://{BUCKET}/ci",
-        )
+        # The code version as an image states it; a checkout being edited would be "+dirty".
+        env.setenv("CXRGAZE_GIT_SHA", "c0de" * 10)
+        yield run_local(raw, **ci_arguments(root))
+
+
+def ci_arguments(root: Path) -> dict:
+    return {
+        "preset": "ci",
+        "overrides": ["data.phi_policy=strip"],
+        "data_rev": "v-test",
+        "tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
+        "policy": lenient_policy(),
+        "pipeline_root": root / "outputs",
+        "data_remote": f"s3://{BUCKET}/ci",
+    }
+
+
+@pytest.fixture(scope="module")
+def rerun(ci_run: RunSummary, ci_inputs: tuple[Path, Path]) -> RunSummary:
+    """The same pipeline again: same data content, code, preset and overrides."""
+    raw, root = ci_inputs
+    return run_local(raw, **ci_arguments(root))
 
 
 @pytest.fixture(scope="module")
 def client(ci_run: RunSummary) -> MlflowClient:
     return MlflowClient(ci_run.tracking_uri, registry_uri=ci_run.tracking_uri)
+
+
+def test_an_identical_rerun_finds_the_version_and_trains_nothing(
+    ci_run: RunSummary, rerun: RunSummary, client: MlflowClient
+) -> None:
+    assert rerun.succeeded and rerun.mlflow_status == "FINISHED"
+    assert rerun.trained_as == ("1", ci_run.pipeline_run_id)
+    assert rerun.version is None and rerun.test == {}
+    assert "already trained: cxr-gaze version 1" in rerun.text()
+    assert [str(v.version) for v in client.search_model_versions(f"name='{MODEL_NAME}'")] == ["1"]
+    assert not (rerun.output_dir / "pretrain").exists()
+    assert rerun.seconds < ci_run.seconds / 3
 
 
 def test_run_registers_and_promotes_the_first_version(ci_run: RunSummary) -> None:
