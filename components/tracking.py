@@ -142,9 +142,15 @@ def resolve_tracking_uri(tracking_uri: str = "") -> str:
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+CODE_PATHS = ("model_lib", "components", "pipelines", "pyproject.toml", "requirements.lock")
+"""What a trained model depends on: uncommitted changes here make the code version "+dirty"
+(benchmark results, docs or notebooks being edited do not)."""
+
+
 def git_sha(repo: Path | None = None) -> str:
     """Commit of the code: ``CXRGAZE_GIT_SHA`` (the image's), else ``git rev-parse HEAD`` of the
-    project checkout (with ``+dirty`` for uncommitted changes), else ``unknown``."""
+    project checkout (with ``+dirty`` for uncommitted changes to :data:`CODE_PATHS`), else
+    ``unknown``."""
     if sha := os.environ.get(GIT_SHA_ENV):
         return sha
     repo = repo or Path(__file__).resolve().parents[1]
@@ -153,7 +159,7 @@ def git_sha(repo: Path | None = None) -> str:
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS],
             cwd=repo,
             capture_output=True,
             text=True,

@@ -199,3 +199,23 @@ def test_a_model_already_trained_on_the_same_inputs_is_found(
     monkeypatch.setenv("CXRGAZE_GIT_SHA", "c0de")
     (raw / "a.csv").write_text("x\n2\n")
     assert opened("pipe-8") == ""
+
+
+def test_only_code_changes_make_the_code_version_dirty(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    monkeypatch.delenv("CXRGAZE_GIT_SHA", raising=False)
+    (tmp_path / "model_lib").mkdir()
+    (tmp_path / "model_lib" / "a.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("docs\n")
+    ident = ["-c", "user.name=t", "-c", "user.email=t@example.org"]
+    for args in (["init", "-q"], ["add", "-A"], [*ident, "commit", "-qm", "code"]):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    clean = git_sha(tmp_path)
+    assert len(clean) == 40
+    (tmp_path / "README.md").write_text("docs, edited\n")
+    assert git_sha(tmp_path) == clean
+    (tmp_path / "model_lib" / "a.py").write_text("x = 2\n")
+    assert git_sha(tmp_path) == f"{clean}+dirty"
