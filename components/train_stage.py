@@ -31,13 +31,8 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from components.data_transfer import materialize
 from components.ddp_launch import maybe_torchrun
 from components.kfp_step import step_component
-from components.tracking import (
-    SKIPPED_TAG,
-    EpochMetrics,
-    log_stage_artifacts,
-    resolve_tracking_uri,
-    step_run,
-)
+from components.stage_tracking import EpochMetrics, log_stage_artifacts
+from components.tracking import SKIPPED_TAG, resolve_tracking_uri, step_run
 from model_lib.presets import get_preset
 from model_lib.training import experiment
 from model_lib.training.checkpoint import load_checkpoint

@@ -13,9 +13,9 @@ from mlflow.tracking import MlflowClient
 from components.promote import reject_step
 from components.register import register_model
 from components.registry import CHAMPION, VALIDATION_STATUS_TAG, version_by_alias
+from components.stage_tracking import EpochMetrics
 from components.tracking import (
     STEP_TAG,
-    EpochMetrics,
     close_run_step,
     default_artifact_location,
     find_pipeline_run,
