@@ -32,8 +32,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from bench.train_step import bench_threads, machine_fields
+from bench.train_step import bench_threads, machine_fields, mm_peak_gflops
 from model_lib.models import build_model
 from model_lib.presets import get_preset
 
@@ -112,6 +113,9 @@ def measure(repeats: int) -> dict:
     example = torch.rand(1, 1, *cfg.input_hw, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         reference = model(example)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(example)
 
     def fresh() -> nn.Module:
         copy = build_model(cfg).eval()
@@ -144,7 +148,9 @@ def measure(repeats: int) -> dict:
                 times[name].append(_seconds(eager if name == "eager" else paths[best], example))
             print(f"  repeat {i + 1}/{repeats}: eager {times['eager'][-1]:.2f} s, "
                   f"{best} {times[best][-1]:.2f} s", flush=True)  # fmt: skip
-    return {"best": best, "times": times, "diffs": diffs, "screen": screen}
+    peak = mm_peak_gflops(torch.float32, repeats=3)
+    return {"best": best, "times": times, "diffs": diffs, "screen": screen,
+            "gflop": counter.get_total_flops() / 1e9, "fp32_peak": peak}  # fmt: skip
 
 
 def _percentiles(seconds: list[float]) -> tuple[float, float]:
@@ -190,6 +196,20 @@ def run() -> list[dict]:
         for name, seconds in result["screen"].items()
         if name != best
     ]
+    # How close eager already is to the fp32 matrix-multiply peak bounds what any fp32 path
+    # can gain on this CPU.
+    rows.append(
+        {
+            "name": f"inference eager GFLOP/s ({result['gflop']:.0f} GFLOP a forward) vs fp32 "
+            "mm peak",
+            "value": result["gflop"] / (eager_p[0] / 1e3),
+            "unit": "GFLOP/s",
+            "baseline": result["fp32_peak"],
+            "ratio": result["gflop"] / (eager_p[0] / 1e3) / result["fp32_peak"],
+            "target": None,
+            **common,
+        }
+    )
     rows.append(
         {
             "name": f"inference max |{best} - eager| (logits, saliency)",
