@@ -17,6 +17,9 @@ from collections.abc import Callable
 from kfp import dsl
 
 PLACEHOLDER_IMAGE = "cxr-gaze:latest"
+PROGRESS_ENV = "CXRGAZE_PROGRESS_FILE"
+"""Set by ``cxrgaze run`` for its steps: a file that training steps append one line per epoch
+to, which the command shows as it happens (kfp.local logs a step's output when it ends)."""
 
 
 def step_component(func: Callable) -> Callable:

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from components.kfp_step import PROGRESS_ENV
 from components.tracking import log_artifact_checked
 from model_lib.training.callbacks import Callback
 from model_lib.training.fit import FitResult
@@ -34,8 +36,11 @@ class EpochMetrics(Callback):
         losses = ", ".join(
             f"{k} {metrics[k]:.4f}" for k in ("train_loss", "val_loss") if k in metrics
         )
-        total = self.max_epochs.get(stage, "?")
-        logger.info("stage %s epoch %d/%s: %s", stage, epoch + 1, total, losses)
+        line = f"stage {stage} epoch {epoch + 1}/{self.max_epochs.get(stage, '?')}: {losses}"
+        logger.info("%s", line)
+        if progress := os.environ.get(PROGRESS_ENV):  # a local run shows it as it happens
+            with open(progress, "a", encoding="utf-8") as fh:
+                fh.write(f"progress: {line}\n")
 
 
 def log_stage_artifacts(fit: FitResult, folder: Path) -> None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from components.kfp_step import PROGRESS_ENV
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_PIPELINE_ROOT = Path("runs/pipeline")
@@ -102,16 +104,18 @@ class RunSummary:
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
-_EPOCH = re.compile(r"stage (\S+) epoch (\d+/\S+): (.*)$")
+_EPOCH = re.compile(r"^progress: stage (\S+) epoch (\d+/\S+): (.*)$")
 
 
 class _Progress(threading.Thread):
-    """Follows kfp.local's log file and prints one line per step as it starts and ends, and
-    one per training epoch."""
+    """Follows kfp.local's log file and prints one line per step as it starts and ends, and the
+    epoch lines training steps append to ``progress_path`` (kfp.local writes a step's output to
+    its log only when the step ends, so epochs need a file of their own to show live)."""
 
-    def __init__(self, log_path: Path, out: Any) -> None:
+    def __init__(self, log_path: Path, out: Any, progress_path: Path | None = None) -> None:
         super().__init__(daemon=True)
         self.log_path, self.out = log_path, out
+        self.progress_path = progress_path
         self.done = threading.Event()
         self.started: dict[str, float] = {}
         self.t0 = time.perf_counter()
@@ -131,14 +135,16 @@ class _Progress(threading.Thread):
                   file=self.out, flush=True)  # fmt: skip
 
     def run(self) -> None:
-        with self.log_path.open(encoding="utf-8", errors="replace") as log:
+        with contextlib.ExitStack() as stack:
+            files = [stack.enter_context(p.open(encoding="utf-8", errors="replace"))
+                     for p in (self.log_path, self.progress_path) if p is not None]  # fmt: skip
             while True:
-                line = log.readline()
-                if line:
+                lines = [line for f in files if (line := f.readline())]
+                for line in lines:
                     self._line(line)
-                elif self.done.is_set():
-                    return
-                else:
+                if not lines:
+                    if self.done.is_set():
+                        return
                     time.sleep(0.2)
 
 
@@ -150,8 +156,11 @@ def _quiet_steps(log_path: Path, verbose: bool) -> Iterator[None]:
         yield
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    epochs = log_path.with_suffix(".progress")
+    epochs.write_text("", encoding="utf-8")
+    os.environ[PROGRESS_ENV] = str(epochs)  # the steps inherit it and append their epochs
     with log_path.open("w", encoding="utf-8") as sink:
-        progress = _Progress(log_path, sys.stdout)
+        progress = _Progress(log_path, sys.stdout, epochs)
         progress.start()
         root = logging.getLogger()
         level = root.level
@@ -166,6 +175,8 @@ def _quiet_steps(log_path: Path, verbose: bool) -> Iterator[None]:
             sink.flush()
             progress.done.set()
             progress.join()
+            os.environ.pop(PROGRESS_ENV, None)
+            epochs.unlink(missing_ok=True)
 
 
 def _new_run_dir(root: Path, before: set[str], pipeline_name: str) -> Path | None:

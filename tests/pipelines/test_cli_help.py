@@ -60,8 +60,7 @@ def test_run_progress_shows_steps_and_training_epochs(tmp_path: Path) -> None:
     progress = _Progress(tmp_path / "unused.log", out)
     for line in (
         "Executing task 'train-stage-2'",
-        "[KFP Executor 2026-11-26 02:00:00 INFO]: stage s2 epoch 3/14: train_loss 0.5120, "
-        "val_loss 0.4980",
+        "progress: stage s2 epoch 3/14: train_loss 0.5120, val_loss 0.4980",
         "Task 'train-stage-2' finished with status SUCCESS",
     ):
         progress._line(line)
@@ -69,3 +68,25 @@ def test_run_progress_shows_steps_and_training_epochs(tmp_path: Path) -> None:
     assert "train-stage-2 ..." in lines[0]
     assert lines[1].endswith("s2 epoch 3/14: train_loss 0.5120, val_loss 0.4980")
     assert "train-stage-2: success" in lines[2]
+
+
+def test_run_progress_follows_the_epoch_file_while_the_log_is_silent(tmp_path: Path) -> None:
+    import time
+
+    log, epochs, out = tmp_path / "run.log", tmp_path / "run.progress", io.StringIO()
+    log.write_text("Executing task 'train-stage'\n")
+    epochs.write_text("")
+    progress = _Progress(log, out, epochs)
+    progress.start()
+    with epochs.open("a") as fh:  # a step appends while kfp.local holds its output back
+        fh.write("progress: stage s1b epoch 1/3: train_loss 0.9000\n")
+    deadline = time.monotonic() + 5
+    while "s1b epoch 1/3" not in out.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    progress.done.set()
+    progress.join()
+    lines = out.getvalue().splitlines()
+    assert "train-stage ..." in lines[0] and lines[1].endswith("s1b epoch 1/3: train_loss 0.9000")
+    # The same line in a step's own log (the executor's INFO record) is not shown twice.
+    progress._line("[KFP Executor INFO]: stage s1b epoch 1/3: train_loss 0.9000")
+    assert len(out.getvalue().splitlines()) == 2
