@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 
 import mlflow.artifacts
 from kfp.dsl import Artifact, Input, Model
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model as MlflowModel
 from mlflow.tracking import MlflowClient
@@ -43,9 +42,9 @@ from components.registry import (
     CHALLENGER,
     EXPERIMENT_NAME,
     MODEL_NAME,
-    PIPELINE_RUN_ID_TAG,
     VALIDATION_STATUS_TAG,
     WEIGHTS_SHA256_TAG,
+    registered_by,
     use_tracking_uri,
     utc_now,
 )
@@ -129,17 +128,6 @@ def _lineage(lineage: Lineage | Mapping[str, Any]) -> Lineage:
         return Lineage.model_validate(dict(lineage))
     except ValidationError as err:
         raise ValueError(f"lineage: {err}") from err
-
-
-def registered_by(
-    client: MlflowClient, model_name: str, pipeline_run_id: str
-) -> ModelVersion | None:
-    """The version an earlier registration of ``pipeline_run_id`` created, if any (the oldest
-    one should there be several)."""
-    found = client.search_model_versions(
-        f"name='{model_name}' and tags.{PIPELINE_RUN_ID_TAG}='{pipeline_run_id}'"
-    )
-    return min(found, key=lambda mv: int(mv.version)) if found else None
 
 
 def _ensure_registered_model(client: MlflowClient, model_name: str) -> None:

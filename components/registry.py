@@ -106,3 +106,14 @@ def version_by_alias(client: MlflowClient, model_name: str, alias: str) -> Model
         if missing_alias or err.error_code == "RESOURCE_DOES_NOT_EXIST":
             return None
         raise
+
+
+def registered_by(
+    client: MlflowClient, model_name: str, pipeline_run_id: str
+) -> ModelVersion | None:
+    """The version an earlier registration of ``pipeline_run_id`` created, if any (the oldest
+    one should there be several)."""
+    found = client.search_model_versions(
+        f"name='{model_name}' and tags.{PIPELINE_RUN_ID_TAG}='{pipeline_run_id}'"
+    )
+    return min(found, key=lambda mv: int(mv.version)) if found else None

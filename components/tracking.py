@@ -44,6 +44,7 @@ from components.registry import (
     EXPERIMENT_NAME,
     MODEL_NAME,
     PIPELINE_RUN_ID_TAG,
+    registered_by,
     registry_client,
     use_tracking_uri,
 )
@@ -223,16 +224,22 @@ def find_pipeline_run(
 ) -> str | None:
     """The parent run's id of a pipeline run, or None if it was never opened."""
     client = registry_client(tracking_uri)
-    experiment = client.get_experiment_by_name(experiment_name)
-    if experiment is None:
-        return None
-    found = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.{PIPELINE_RUN_ID_TAG} = '{pipeline_run_id}' "
-        f"and tags.{STEP_TAG} = 'pipeline'",
-        max_results=1,
+    found = _pipeline_runs(
+        client, experiment_name, f"tags.{PIPELINE_RUN_ID_TAG} = '{pipeline_run_id}'"
     )
     return found[0].info.run_id if found else None
+
+
+def _pipeline_runs(client: MlflowClient, experiment_name: str, condition: str) -> list:
+    """Parent runs of pipeline runs that meet ``condition`` (an MLflow filter), newest first."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    return client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.{STEP_TAG} = 'pipeline' and {condition}",
+        order_by=["attributes.start_time DESC"],
+    )
 
 
 def close_pipeline_run(
@@ -378,25 +385,18 @@ def find_trained(
     if code == "unknown" or code.endswith("+dirty"):
         return None
     client = registry_client(tracking_uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT_NAME)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.{STEP_TAG} = 'pipeline' and tags.data_version = '{data_version}' "
-        f"and tags.git_sha = '{code}' and tags.preset = '{preset}' "
-        "and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
+    runs = _pipeline_runs(
+        client,
+        EXPERIMENT_NAME,
+        f"tags.data_version = '{data_version}' and tags.git_sha = '{code}' "
+        f"and tags.preset = '{preset}' and attributes.status = 'FINISHED'",
     )
     for run in runs:
         if run.data.params.get("overrides") != overrides_json:
             continue
         pipeline_run_id = run.data.tags[PIPELINE_RUN_ID_TAG]
-        versions = client.search_model_versions(
-            f"name='{MODEL_NAME}' and tags.{PIPELINE_RUN_ID_TAG}='{pipeline_run_id}'"
-        )
-        if versions:
-            return str(min(int(v.version) for v in versions)), pipeline_run_id
+        if (version := registered_by(client, MODEL_NAME, pipeline_run_id)) is not None:
+            return str(version.version), pipeline_run_id
     return None
 
 

@@ -189,8 +189,12 @@ def summarise(
 ) -> RunSummary:
     """Read the run's evaluation and registry state back from its outputs and MLflow."""
     from components.promote import REASONS_TAG
-    from components.register import registered_by
-    from components.registry import MODEL_NAME, VALIDATION_STATUS_TAG, registry_client
+    from components.registry import (
+        MODEL_NAME,
+        VALIDATION_STATUS_TAG,
+        registered_by,
+        registry_client,
+    )
     from components.tracking import TRAINED_AS_TAG, find_pipeline_run
 
     summary = RunSummary(pipeline_run_id, succeeded, seconds, output_dir, tracking_uri)
