@@ -255,14 +255,18 @@ def _checkout_data(root: Path, remote: str | None) -> None:
     from dvc.exceptions import CheckoutError
     from dvc.repo import Repo
 
+    from pipelines.data_sync import pull
+
     with Repo(str(root)) as repo:
         try:
             repo.checkout(force=True)
+            return
         except CheckoutError:
-            # The cache lacks this version (a fresh clone, or a cache that was cleaned).
-            logger.info("fetching the missing data from the DVC remote %s", remote or "(default)")
-            repo.fetch(remote=remote)
-            repo.checkout(force=True)
+            pass
+    # The cache lacks this version (a fresh clone, or a cleaned cache): fetch it with retries,
+    # check every object's md5, then check out.
+    logger.info("fetching the missing data from the DVC remote %s", remote or "(default)")
+    pull(root, remote)
 
 
 def _repo_path(root: Path, path: str | Path) -> str:
