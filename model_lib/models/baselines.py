@@ -123,7 +123,8 @@ class GradCAM(nn.Module):
 
 
 class _DenseNetNorm5(nn.Module):
-    """(B, 1, H, W) -> the DenseNet's ``norm5`` map, the layer Grad-CAM weighs."""
+    """(B, 1, H, W) -> ``relu(norm5)``, the map the DenseNet classifier pools: what Grad-CAM
+    weighs."""
 
     def __init__(self, model: DualEncoderUNet) -> None:
         super().__init__()
@@ -134,5 +135,6 @@ class _DenseNetNorm5(nn.Module):
 
 
 def densenet_grad_cam(model: DualEncoderUNet) -> GradCAM:
-    """Grad-CAM of the model's DenseNet classifier on its ``norm5`` map (shares the weights)."""
+    """Grad-CAM of the model's DenseNet classifier on its ``relu(norm5)`` map (shares the
+    weights)."""
     return GradCAM(_DenseNetNorm5(model), model.densenet_head)

@@ -45,7 +45,8 @@ class DenseNetEncoder(nn.Module):
     Input (B, 1, H, W) in [0, 1]; the grey channel is repeated to RGB and ImageNet-normalised here
     so callers feed every branch the same tensor. Output: 5 maps, ``relu0`` (/2) then
     ``denseblock1..4`` (/4 .. /32); the last one (DenseNet201: 1920 ch) is the decoder bottleneck.
-    ``norm5`` (the BN after denseblock4) is applied by :meth:`head_features` for the classifiers.
+    :meth:`head_features` gives the classifiers what torchvision's ``DenseNet.forward`` gives its
+    own: ``relu(norm5)`` (norm5 is the batch norm after denseblock4).
 
     ``self.features`` keeps torchvision's module names, so torchvision state dicts load as they are
     (see ``model_lib.models.weights``). Weights start random: the builder loads a local file.
@@ -86,8 +87,12 @@ class DenseNetEncoder(nn.Module):
         return stages
 
     def head_features(self, deepest: Tensor) -> Tensor:
-        """``norm5`` of the denseblock4 map: (B, num_features, h, w) -> same shape."""
-        return self.features.norm5(deepest)
+        """``relu(norm5(denseblock4))``: (B, num_features, h, w) -> same shape.
+
+        torchvision's forward applies ``F.relu(features, inplace=True)`` right after ``norm5``, so
+        the tensor a forward hook on ``norm5`` stores (the authors' MSFF input) is this one.
+        """
+        return torch.relu(self.features.norm5(deepest))
 
 
 class _PoolingEncoder(nn.Module):

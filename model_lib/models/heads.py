@@ -35,24 +35,25 @@ class SaliencyHead(nn.Module):
 
 
 class DenseNetHead(nn.Module):
-    """DenseNet's own classifier, as torchvision runs it: ReLU, global average pool, linear.
+    """DenseNet's own classifier, as torchvision runs it: global average pool, linear.
 
-    Reads ``norm5``: (B, in_features, h, w) -> (B, num_classes) logits. Paper: Linear(1920, 3).
+    Reads ``relu(norm5)`` (``DenseNetEncoder.head_features``): (B, in_features, h, w) ->
+    (B, num_classes) logits. Paper: Linear(1920, 3).
     """
 
     def __init__(self, in_features: int = 1920, num_classes: int = 3) -> None:
         super().__init__()
         self.fc = nn.Linear(in_features, num_classes)
 
-    def forward(self, norm5: Tensor) -> Tensor:
-        return self.fc(torch.relu(norm5).mean(dim=(2, 3)))
+    def forward(self, features: Tensor) -> Tensor:
+        return self.fc(features.mean(dim=(2, 3)))
 
 
 class FusionClassifier(nn.Module):
     """Multi-scale feature fusion: GAP(deep map) ++ GAP(shallow map) -> Linear -> Dropout -> ReLU
     -> Linear.
 
-    Paper: deep = DenseNet ``norm5`` (1920), shallow = decoder d1 (64), 1984 -> 64 -> 3.
+    Paper: deep = DenseNet ``relu(norm5)`` (1920), shallow = decoder d1 (64), 1984 -> 64 -> 3.
     (B, deep_channels, h, w), (B, shallow_channels, H, W) -> (B, num_classes) logits.
     """
 

@@ -39,10 +39,11 @@ class DualEncoderUNet(nn.Module):
     Parameter groups, by attribute, for the training stages:
 
     - ``densenet`` (:class:`DenseNetEncoder`) and ``densenet_head`` (:class:`DenseNetHead`,
-      Linear(1920, 3) on GAP(ReLU(norm5))): stage 1a trains ``densenet``; stage 1b both.
+      Linear(1920, 3) on GAP(relu(norm5))): stage 1a trains ``densenet``; stage 1b both.
     - ``encoder`` (the skip encoder), ``decoder``, ``saliency_head``: stage 2, with ``densenet``
       frozen (keep it in eval mode so its batch-norm statistics stay frozen too).
-    - ``fusion_classifier`` (GAP(norm5) ++ GAP(d1) -> 64 -> 3): stage 3, everything else frozen.
+    - ``fusion_classifier`` (GAP(relu(norm5)) ++ GAP(d1) -> 64 -> 3, relu(norm5) as torchvision's
+      forward leaves it and the authors' hook reads it): stage 3, everything else frozen.
 
     ``forward`` returns ``logits`` (B, num_classes) from the head named by ``classifier``,
     ``saliency`` (B, 1, H, W) log-probabilities over the pixels, ``densenet_logits`` and
@@ -87,12 +88,12 @@ class DualEncoderUNet(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         _check_input(x, self.densenet.reductions[-1])
         deepest = self.densenet(x)[-1]
-        norm5 = self.densenet.head_features(deepest)
+        head_features = self.densenet.head_features(deepest)
         d1 = self.decoder(self.encoder(x), deepest)
         out = {
             "saliency": self.saliency_head(d1),
-            "densenet_logits": self.densenet_head(norm5),
-            "fusion_logits": self.fusion_classifier(norm5, d1),
+            "densenet_logits": self.densenet_head(head_features),
+            "fusion_logits": self.fusion_classifier(head_features, d1),
             "embedding": deepest.mean(dim=(2, 3)),
         }
         return {"logits": out[f"{self.classifier}_logits"], **out}

@@ -53,8 +53,8 @@ def test_fusion_classifier_pools_and_concatenates_both_scales() -> None:
     assert logits.shape == (2, 3)
 
 
-def test_densenet_head_is_torchvisions_classifier_path() -> None:
+def test_densenet_head_pools_then_classifies() -> None:
     head = DenseNetHead(16, 3)
-    norm5 = torch.randn(2, 16, 5, 4)
-    expected = head.fc(torch.relu(norm5).mean(dim=(2, 3)))
-    torch.testing.assert_close(head(norm5), expected)
+    features = torch.relu(torch.randn(2, 16, 5, 4))
+    expected = head.fc(features.mean(dim=(2, 3)))
+    torch.testing.assert_close(head(features), expected)

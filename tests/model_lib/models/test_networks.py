@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import Tensor, nn
 
 from model_lib.models import DualEncoderUNet, MTUNet, build_model
@@ -229,3 +230,31 @@ def test_paper_model_has_the_papers_shapes_at_320x256() -> None:
         name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()
     }
     assert counts == PAPER_PARAMETERS
+
+
+def test_fusion_classifier_reads_what_a_hook_on_torchvisions_norm5_stores() -> None:
+    """The authors hook ``features.norm5`` of torchvision's DenseNet and feed the stored tensor to
+    their fusion head; torchvision's forward then ReLUs that tensor in place. Run that recipe on a
+    real torchvision DenseNet with the same weights: our fusion input must be what the hook holds
+    after the forward, i.e. relu(norm5), not norm5."""
+    torch.manual_seed(0)
+    model = build_model(tiny_config("dual_unet")).eval()
+    # Break the ReLU's no-op case: with norm5's default affine parameters on random weights, a
+    # good share of its outputs are negative; shift them to make sure.
+    with torch.no_grad():
+        model.densenet.features.norm5.bias.sub_(0.5)
+    reference = torchvision.models.densenet121(weights=None).eval()
+    reference.features.load_state_dict(model.densenet.features.state_dict())
+    stored: dict[str, Tensor] = {}
+    reference.features.norm5.register_forward_hook(lambda _m, _i, out: stored.update(norm5=out))
+    x = _batch((72, 56))
+    fused_inputs: list[Tensor] = []
+    model.fusion_classifier.register_forward_hook(lambda _m, args, _o: fused_inputs.append(args[0]))
+    with torch.no_grad():
+        model(x)
+        pre_relu = model.densenet.features.norm5(model.densenet(x)[-1])
+        rgb = (x.expand(-1, 3, -1, -1) - model.densenet.mean) / model.densenet.std
+        reference(rgb)
+    assert (pre_relu < 0).any(), "the check needs negative norm5 values to tell the two apart"
+    torch.testing.assert_close(fused_inputs[0], stored["norm5"])
+    assert not torch.allclose(fused_inputs[0], pre_relu)
