@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from kfp.dsl import Dataset, Input, Output
@@ -10,12 +11,20 @@ from components.kfp_step import step_component
 from model_lib.config import DataConfig
 from model_lib.data.gaze_maps import GazeMapsSummary, write_gaze_maps
 
+log = logging.getLogger(__name__)
+
 
 def run_heatmaps(
     store: Path, out: Path, cfg: DataConfig, *, progress: bool = True
 ) -> GazeMapsSummary:
-    """Write one map per image; sigma is scaled to the images' size (``cfg.native_scale``)."""
-    return write_gaze_maps(Path(store), Path(out), cfg.scaled_heatmap(), progress=progress)
+    """Write one map per image; sigma is scaled to the images' size (``cfg.native_scale``).
+
+    Gaze events outside their image (off screen, on the display padding) are left out of the
+    maps; how many is logged.
+    """
+    summary = write_gaze_maps(Path(store), Path(out), cfg.scaled_heatmap(), progress=progress)
+    log.info("heatmaps: %s", summary.dropped.describe(summary.source))
+    return summary
 
 
 def heatmaps_step(

@@ -2,6 +2,9 @@
 
 The validation report is written either way: inside the store on success, beside it
 (``<out>.validation.{json,html}``) on failure, so a failed ingest leaves no dataset behind.
+Warnings (off-screen gaze, missing audio, ...) are logged one line each and never stop the step;
+errors stop it before any image is packed. A failure of one image (an unreadable DICOM, pixel
+data that does not decode) is one DataError line naming its dicom_id and its file.
 
 Identifying DICOM header fields (``data.phi_policy``): only the whitelisted header fields are ever
 read out of a DICOM, so their values never reach the store, the report or the logs. Validation
@@ -19,10 +22,9 @@ from typing import NamedTuple
 from kfp.dsl import HTML, Dataset, Output
 
 from components.ingest_checks import ValidationFailed, validate_egd
-from components.ingest_suites import PHI_SUITE
 from components.kfp_step import step_component
 from model_lib.config import DataConfig
-from model_lib.data.egd_cxr import load_egd_cxr
+from model_lib.data.egd_cxr import load_egd_cxr, naming_images
 from model_lib.data.packing import pack_dataset, read_image_headers
 from model_lib.data.splits import assign_splits
 
@@ -38,10 +40,12 @@ class IngestResult:
     split_counts: dict[str, int]
     report_json: Path
     report_html: Path
+    warnings: int = 0
 
     def describe(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in self.split_counts.items())
-        return f"packed store {self.store} ({counts}); validation report {self.report_html}"
+        return (f"packed store {self.store} ({counts}); validation report {self.report_html} "
+                f"({self.warnings} warning(s))")  # fmt: skip
 
 
 def run_ingest(
@@ -58,31 +62,35 @@ def run_ingest(
     tables = load_egd_cxr(Path(egd_root), Path(images_root))
     log.info("read %d images, %d gaze samples, %d fixations from %s", len(tables.master),
              len(tables.gaze), len(tables.fixations), egd_root)  # fmt: skip
-    headers, identifying = read_image_headers(tables)
+    with naming_images(tables):
+        headers, identifying = read_image_headers(tables)
     report = validate_egd(tables, headers, expected_images=expected_images,
-                          identifying=identifying, phi_policy=cfg.phi_policy)  # fmt: skip
+                          limits=cfg.validation, identifying=identifying,
+                          phi_policy=cfg.phi_policy)  # fmt: skip
+    # One line each; under phi_policy "strip" the PHI_SUITE lines name fields, never values.
+    for check in report.warnings:
+        log.warning("%s", check.line())
     if not report.success:
         failed_json, failed_html = _report_paths(out.parent, f"{out.name}.validation")
         report.write(failed_json, failed_html)
         raise ValidationFailed(report, failed_html)
-    for check in report.warnings:  # under "strip": files per identifying field, names only
-        if check.suite == PHI_SUITE:
-            log.warning("%s", check.line())
     splits = assign_splits(tables.master, cfg.split)
-    summary = pack_dataset(
-        tables,
-        splits,
-        cfg.scaled_geometry(),
-        out,
-        workers=workers,
-        progress=progress,
-        params={"data": cfg.model_dump(mode="json"), "egd_root": str(egd_root)},
-        write_extras=lambda folder: report.write(*_report_paths(folder, "validation")),
-    )
+    with naming_images(tables):
+        summary = pack_dataset(
+            tables,
+            splits,
+            cfg.scaled_geometry(),
+            out,
+            workers=workers,
+            progress=progress,
+            params={"data": cfg.model_dump(mode="json"), "egd_root": str(egd_root)},
+            write_extras=lambda folder: report.write(*_report_paths(folder, "validation")),
+        )
     report_json, report_html = _report_paths(out, "validation")
     for stale in _report_paths(out.parent, f"{out.name}.validation"):
         stale.unlink(missing_ok=True)
-    return IngestResult(out, summary.split_counts, report_json, report_html)
+    return IngestResult(out, summary.split_counts, report_json, report_html,
+                        warnings=len(report.warnings))  # fmt: skip
 
 
 def _report_paths(folder: Path, stem: str) -> tuple[Path, Path]:

@@ -3,13 +3,14 @@
 :func:`validate_egd` runs one suite per file (built in :mod:`components.ingest_suites`) in an
 in-memory GX context and returns a :class:`ValidationReport`: one :class:`CheckResult` per
 expectation, naming the file, the column(s) and up to five record numbers of the failing rows.
-Only checks of severity "error" decide success; "warning" checks are reported and never fail the
-step.
+Only checks of severity "error" decide success; "warning" checks are reported (in their own
+sections of the JSON and HTML reports, with counts and examples) and never fail the step.
 
 Policy for samples flagged invalid: the validity flags (FPOGV, BPOGV, LPV, RPV, LPMMV, RPMMV) must
-be 0 or 1, and rows flagged 0 are kept. The heatmap step uses every row as released, because the
-released X/Y_ORIGINAL already encode points outside the image as negatives. Missing coordinates
-(NaN in FPOGX/FPOGY or X/Y_ORIGINAL) are errors.
+be 0 or 1, and rows flagged 0 are kept. Samples off screen (FPOG/BPOG outside [0, 1]) or outside
+the image (the released negative X/Y_ORIGINAL) are warnings, counted per image, and an error only
+for an image past ``data.validation``; the heatmap step drops them and logs how many. Missing
+coordinates (NaN in FPOGX/FPOGY or X/Y_ORIGINAL) are errors.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from components.ingest_suites import Severity, SuiteSpec, build_suites
-from model_lib.config import PhiPolicy
+from model_lib.config import PhiPolicy, ValidationConfig
 from model_lib.data.egd_cxr import EgdTables
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class CheckResult:
     ``records`` are the index labels of failing rows (1-based record numbers for the EGD files);
     ``examples`` their values, or the values of the illustrating source columns for derived
     checks. ``observed`` holds the observed value of table- and aggregate-level expectations, or
-    the error message when GX could not evaluate the expectation.
+    the error message when GX could not evaluate the expectation. ``unit`` names what the suite's
+    rows are ("rows" of a file, or "images" for the per-image suites).
     """
 
     suite: str
@@ -67,13 +69,15 @@ class CheckResult:
     rule: str = ""
     observed: Any = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    unit: str = "rows"
 
     def line(self) -> str:
         """One readable line: file, expectation(columns), what was found, the rule."""
         head = f"{self.suite}: {self.expectation}({', '.join(self.columns)})"
         if self.unexpected_count is not None:
             text = (
-                f"{head}: {self.unexpected_count:,} of {self.element_count or 0:,} rows unexpected"
+                f"{head}: {self.unexpected_count:,} of {self.element_count or 0:,} {self.unit} "
+                "unexpected"
             )
             if self.examples:
                 text += f", e.g. {list(self.examples)!r}"
@@ -129,7 +133,8 @@ class ValidationReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the verdict and, per suite, GX statistics and every check."""
+        """JSON-ready: the verdict, the failed errors and the warnings (each with its line), and
+        per suite GX statistics and every check."""
         suites = {
             name: {
                 "statistics": stats,
@@ -137,7 +142,13 @@ class ValidationReport:
             }
             for name, stats in self.statistics.items()
         }
-        return _jsonable({"success": self.success, "headline": self.headline(), "suites": suites})
+        return _jsonable({
+            "success": self.success,
+            "headline": self.headline(),
+            "errors": [{"line": c.line(), **asdict(c)} for c in self.failures],
+            "warnings": [{"line": c.line(), **asdict(c)} for c in self.warnings],
+            "suites": suites,
+        })  # fmt: skip
 
     def to_json(self, path: str | Path) -> None:
         _write_atomic(Path(path), self._json_text())
@@ -177,7 +188,7 @@ def validate_egd(
     headers: pd.DataFrame,
     *,
     expected_images: int | None = None,
-    outside_warn_fraction: float = 0.25,
+    limits: ValidationConfig | None = None,
     identifying: pd.DataFrame | None = None,
     phi_policy: PhiPolicy = "fail",
 ) -> ValidationReport:
@@ -188,7 +199,8 @@ def validate_egd(
         returns it (indexed like the master sheet; JPG images fill only dicom_id, Rows and
         Columns). Its index labels name the records of the "DICOM headers" suite.
     expected_images: the release's image count (1,083 for PhysioNet egd-cxr 1.0.0), if known.
-    outside_warn_fraction: warn when more gaze rows than this fall outside the image.
+    limits: ``data.validation``: the per-image fractions of off-screen and off-image samples
+        past which an image fails (below them they are warnings); None means the defaults.
     identifying: per image, the identifying DICOM fields it fills (names only), as
         ``read_image_headers`` returns them; checked under ``phi_policy`` ("fail": errors,
         "strip": warnings). None skips the check (hand-built headers without files).
@@ -200,7 +212,7 @@ def validate_egd(
         tables,
         headers,
         expected_images=expected_images,
-        outside_warn_fraction=outside_warn_fraction,
+        limits=ValidationConfig() if limits is None else limits,
         identifying=identifying,
         phi_policy=phi_policy,
     )
@@ -267,6 +279,7 @@ def _check_result(spec: SuiteSpec, result: Any) -> CheckResult:
         records=records,
         rule=meta.get("rule", ""),
         observed=_plain(observed),
+        unit=meta.get("unit", "rows"),
         parameters={
             k: _short(v) for k, v in kwargs.items() if k not in _HIDDEN_KWARGS and v is not None
         },
@@ -341,43 +354,63 @@ th { background: #eee; }
 tr.pass td:first-child { background: #d9f2d9; }
 tr.fail td:first-child { background: #f7caca; }
 tr.warning td:first-child { background: #fbe7b5; }
+tr.error td { background: #fbe3e3; }
+tr.warn td { background: #fdf3da; }
 """
 _HTML_COLUMNS = ("result", "severity", "expectation", "columns", "unexpected", "examples",
                  "records", "observed / parameters", "rule")  # fmt: skip
+_FINDING_COLUMNS = ("suite", "expectation", "columns", "unexpected", "examples", "records",
+                    "observed / parameters", "rule")  # fmt: skip
 
 
 def _render_html(report: ValidationReport) -> str:
-    """A small self-contained page: the headline, then a table per suite; all text escaped."""
+    """A small self-contained page: the headline, the failed errors and the warnings in their own
+    sections (counts, examples), then every check in a table per suite; all text escaped."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>EGD-CXR validation</title>',
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(report.headline())}</h1>",
     ]
+    sections = (("errors", "Errors", "fail the step", "error", report.failures),
+                ("warnings", "Warnings", "reported, do not fail the step", "warn",
+                 report.warnings))  # fmt: skip
+    for anchor, title, meaning, css, found in sections:
+        parts += [f'<h2 id="{anchor}">{title}: {len(found)} ({meaning})</h2>']
+        if not found:
+            parts.append("<p>none</p>")
+            continue
+        parts += ["<table>", _html_row("th", _FINDING_COLUMNS)]
+        parts += [_html_row("td", (c.suite, *_check_cells(c)[1:]), css) for c in found]
+        parts.append("</table>")
+    parts.append("<h2>All checks, by file</h2>")
     for name, stats in report.statistics.items():
         counts = ", ".join(f"{k}: {v:g}" if isinstance(v, int | float) else f"{k}: {v}"
                            for k, v in stats.items())  # fmt: skip
-        parts += [f"<h2>{html.escape(name)}</h2>", f"<p>{html.escape(counts)}</p>", "<table>",
+        parts += [f"<h3>{html.escape(name)}</h3>", f"<p>{html.escape(counts)}</p>", "<table>",
                   _html_row("th", _HTML_COLUMNS)]  # fmt: skip
         for check in (c for c in report.checks if c.suite == name):
             status = "pass" if check.success else "fail" if check.severity == "error" else "warning"
-            unexpected = check.unexpected_count
-            detail = "" if check.observed is None else f"observed {check.observed!r} "
-            cells = (
-                status.upper(),
-                check.severity,
-                check.expectation,
-                ", ".join(check.columns),
-                "" if unexpected is None else f"{unexpected:,} of {check.element_count or 0:,}",
-                repr(list(check.examples)) if check.examples else "",
-                ", ".join(str(r) for r in check.records),
-                detail + " ".join(f"{k}={v!r}" for k, v in check.parameters.items()),
-                check.rule,
-            )
-            parts.append(_html_row("td", cells, status))
+            parts.append(_html_row("td", (status.upper(), *_check_cells(check)), status))
         parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def _check_cells(check: CheckResult) -> tuple[str, ...]:
+    """severity, expectation, columns, unexpected, examples, records, observed, rule."""
+    unexpected, rows = check.unexpected_count, check.element_count or 0
+    detail = "" if check.observed is None else f"observed {check.observed!r} "
+    return (
+        check.severity,
+        check.expectation,
+        ", ".join(check.columns),
+        "" if unexpected is None else f"{unexpected:,} of {rows:,} {check.unit}",
+        repr(list(check.examples)) if check.examples else "",
+        ", ".join(str(r) for r in check.records),
+        detail + " ".join(f"{k}={v!r}" for k, v in check.parameters.items()),
+        check.rule,
+    )
 
 
 def _html_row(tag: str, cells: tuple[str, ...], css_class: str = "") -> str:

@@ -7,8 +7,14 @@ master sheet, ...) are computed here, vectorised, into those columns (see ``RULE
 validated with an ordinary expectation, so they land in the same report under a readable name.
 
 Every expectation carries ``meta``: ``severity`` ("error" fails the step, "warning" never does),
-``order`` (its place in the suite), ``rule`` (a sentence) and ``show`` (source columns whose
-values illustrate a failure better than a derived value does).
+``order`` (its place in the suite), ``rule`` (a sentence), ``show`` (source columns whose
+values illustrate a failure better than a derived value does) and ``unit`` (what a row is).
+
+Errors are what corrupts labels, images, ids or the alignment of gaze with its image. Warnings
+are the quirks real eye-tracking data has: samples off screen (FPOG/BPOG outside [0, 1]) or
+outside the image (negative X/Y_ORIGINAL), counted per image by the "<file> per image" suites,
+fail an image only past ``data.validation`` (:class:`~model_lib.config.ValidationConfig`); the
+heatmaps drop them. Files no step reads (audio, masks, transcript.json) are warnings too.
 
 The checks follow datasets.md 1.13 (E1-E19), 1.10 and 4.5; the "DICOM identifying fields" suite
 applies ``data.phi_policy`` (:mod:`model_lib.data.phi`). Not checked here: E17 (``stay_id`` is
@@ -26,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from model_lib.config import PhiPolicy
+from model_lib.config import PhiPolicy, ValidationConfig
 from model_lib.data import schema
 from model_lib.data.egd_cxr import EgdTables
 from model_lib.data.geometry import display_pads, screen_to_native
@@ -38,7 +44,6 @@ Severity = Literal["error", "warning"]
 CALIBRATION_ID_REGEX = r"^[0-9a-f]{8}(?:-[0-9a-f]{8}){3}-[0-9a-f]{3}$"
 OUTSIDE_MIN = -3
 """Released X/Y_ORIGINAL of points outside the image are small negatives (about -1 to -3)."""
-FPOG_MOSTLY = 0.99
 CLOCK_TOLERANCE_S = 2e-3
 MAX_FIXATION_S = 10.0
 
@@ -66,7 +71,6 @@ RULES: dict[str, str] = {
     "image_width_even": "X_ORIGINAL < the DICOM width rounded up to even",
     "image_height_even": "Y_ORIGINAL < the DICOM height rounded up to even",
     "x_y_negative_together": "X_ORIGINAL and Y_ORIGINAL are negative together (outside points)",
-    "outside_image": "fraction of rows outside the image",
     "x_original_from_fpog": "X_ORIGINAL == the released mapping of FPOGX through the pads",
     "y_original_from_fpog": "Y_ORIGINAL == the released mapping of FPOGY through the pads",
     "time_step_in_screen": f"{schema.TIME_COLUMN} is non-decreasing within a calibration screen",
@@ -81,6 +85,9 @@ RULES: dict[str, str] = {
 SHOW: dict[str, tuple[str, ...]] = {
     "pad_left_minus_right": ("image_left_pad", "image_right_pad"),
     "pad_top_minus_bottom": ("image_top_pad", "image_bottom_pad"),
+    "image_pads_from_dicom_size": ("dicom_id", "image_pads", "image_pads_from_dicom_size"),
+    "dicom_header_rows": ("dicom_id", "dicom_header_rows"),
+    "window_width_first": ("dicom_id", "WindowWidth"),
     "class_one_hot_sum": schema.LABEL_COLUMNS,
     "x_y_negative_together": ("X_ORIGINAL", "Y_ORIGINAL"),
     "x_original_from_fpog": ("DICOM_ID", "FPOGX", "FPOGY", "X_ORIGINAL"),
@@ -98,6 +105,8 @@ class SuiteSpec:
     name: str
     frame: pd.DataFrame
     expectations: list[Any] = field(default_factory=list)
+
+    unit: str = "rows"
 
     def add(
         self,
@@ -122,6 +131,7 @@ class SuiteSpec:
             "order": len(self.expectations),
             "rule": rule or RULES.get(derived, ""),
             "show": list(show or SHOW.get(derived, ())),
+            "unit": self.unit,
         }
         self.expectations.append(expectation(**kwargs, meta=meta))
 
@@ -131,20 +141,25 @@ def build_suites(
     headers: pd.DataFrame,
     *,
     expected_images: int | None,
-    outside_warn_fraction: float,
+    limits: ValidationConfig | None = None,
     identifying: pd.DataFrame | None = None,
     phi_policy: PhiPolicy = "fail",
 ) -> list[SuiteSpec]:
     """Every suite of one EGD-CXR release, in report order; the identifying-fields suite only
-    when ``identifying`` (as ``packing.read_image_headers`` returns it) is given."""
+    when ``identifying`` (as ``packing.read_image_headers`` returns it) is given. ``limits``:
+    the per-image fractions of off-screen / off-image samples past which an image fails (None:
+    the defaults)."""
+    limits = ValidationConfig() if limits is None else limits
     sizes = _image_sizes(headers)
     ids = list(_column(tables.master, "dicom_id").dropna().unique())
-    gaze = {"pads": _pads_by_id(tables.master), "sizes": sizes, "master_ids": ids,
-            "outside_warn_fraction": outside_warn_fraction}  # fmt: skip
+    gaze = {"pads": _pads_by_id(tables.master), "sizes": sizes, "master_ids": ids}
+    master_ids = _column(tables.master, "dicom_id")
     return [
         master_suite(tables, headers, sizes, expected_images),
         gaze_suite("fixations.csv", tables.fixations, fixations=True, **gaze),
         gaze_suite("eye_gaze.csv", tables.gaze, fixations=False, **gaze),
+        per_image_suite("fixations.csv", tables.fixations, master_ids, limits),
+        per_image_suite("eye_gaze.csv", tables.gaze, master_ids, limits),
         calibration_suite("fixations.csv (calibration screens)", tables.calibration_fixations, ids),
         calibration_suite("eye_gaze.csv (calibration screens)", tables.calibration_gaze, ids),
         bbox_suite(tables.bboxes, sizes, ids),
@@ -224,9 +239,8 @@ def gaze_suite(
     pads: pd.DataFrame,
     sizes: pd.DataFrame,
     master_ids: list[str],
-    outside_warn_fraction: float,
 ) -> SuiteSpec:
-    """fixations.csv / eye_gaze.csv image rows: E2, E4-E10.
+    """fixations.csv / eye_gaze.csv image rows: E2, E4, E6-E10 (E4/E5 fractions: per image).
 
     FPOGD must be > 0 for fixations but only >= 0 for raw samples, whose first sample of a
     fixation may carry a zero duration.
@@ -246,7 +260,6 @@ def gaze_suite(
         "image_width_even": width + width % 2,
         "image_height_even": height + height % 2,
         "x_y_negative_together": (x < 0) == (y < 0),
-        "outside_image": ((x < 0) | (y < 0)).astype("float64"),
         **_mapped_gaze(table, pads, sizes),
     }
     if fixations:
@@ -263,9 +276,6 @@ def gaze_suite(
              rule="a 44-character DICOM_ID is a master_sheet.csv dicom_id")  # fmt: skip
     spec.add(gxe.ExpectColumnValuesToBeBetween, column=schema.TIME_COLUMN, min_value=0.0,
              rule="time since the session started is never negative")  # fmt: skip
-    for col in ("FPOGX", "FPOGY", "BPOGX", "BPOGY"):
-        spec.add(gxe.ExpectColumnValuesToBeBetween, column=col, min_value=0.0, max_value=1.0,
-                 mostly=FPOG_MOSTLY)  # fmt: skip
     for col in schema.VALIDITY_COLUMNS:
         spec.add(gxe.ExpectColumnValuesToBeInSet, column=col, value_set=[0, 1])
     spec.add(gxe.ExpectColumnValuesToBeBetween, column="FPOGD", min_value=0.0, strict_min=fixations)
@@ -283,11 +293,75 @@ def gaze_suite(
         spec.add(gxe.ExpectColumnValuesToBeBetween, column=col, min_value=OUTSIDE_MIN)
         spec.add(gxe.ExpectColumnPairValuesAToBeGreaterThanB, column_A=bound, column_B=col)
     spec.add(gxe.ExpectColumnValuesToBeInSet, column="x_y_negative_together", value_set=[True])
-    spec.add(gxe.ExpectColumnMeanToBeBetween, column="outside_image",
-             max_value=outside_warn_fraction, severity="warning")  # fmt: skip
     for col in ("X_ORIGINAL", "Y_ORIGINAL"):
         spec.add(gxe.ExpectColumnPairValuesToBeEqual, column_A=col,
                  column_B=f"{col[0].lower()}_original_from_fpog", severity="warning")  # fmt: skip
+    return spec
+
+
+OFFSCREEN_COLUMNS: tuple[str, ...] = ("FPOGX", "FPOGY", "BPOGX", "BPOGY")
+"""A sample is off screen when any of these lies outside [0, 1] (the reader looked away)."""
+_SAMPLE_KINDS: dict[str, tuple[str, str]] = {
+    "offscreen": ("off screen (FPOG or BPOG outside [0, 1])", "max_offscreen_fraction"),
+    "outside_image": ("outside the image (negative X/Y_ORIGINAL)", "max_outside_image_fraction"),
+}
+"""Kind of dropped sample -> (what it is, the data.validation limit of its per-image fraction)."""
+
+
+def per_image_samples(table: pd.DataFrame, ids: pd.Series) -> pd.DataFrame:
+    """Per image of ``ids`` (indexed like it): its rows in ``table`` and how many of them are off
+    screen or outside the image, with their fractions (0 for an image without rows, which the
+    master-sheet checks report). Non-finite values count as neither: not-null checks name them.
+
+    Outside the image: negative X/Y_ORIGINAL, or (0, 0), which the released mapping of an
+    outside point truncates to on images under about a third of real size (the heatmaps drop
+    both)."""
+    counts: dict[str, pd.Series] = {}
+    if _has_columns(table, ("DICOM_ID", *OFFSCREEN_COLUMNS, "X_ORIGINAL", "Y_ORIGINAL")):
+        pog, x, y = table[list(OFFSCREEN_COLUMNS)], table["X_ORIGINAL"], table["Y_ORIGINAL"]
+        flags = {
+            "offscreen": ((pog < 0) | (pog > 1)).any(axis=1),
+            "outside_image": (x < 0) | (y < 0) | ((x == 0) & (y == 0)),
+        }
+        grouped = pd.DataFrame(flags).groupby(table["DICOM_ID"].to_numpy(), sort=False)
+        counts = {"rows": grouped.size(), **grouped.sum()}
+    frame = pd.DataFrame({"dicom_id": ids})
+    rows = ids.map(counts.get("rows", {})).fillna(0).astype("int64")
+    frame["rows"] = rows
+    for kind in _SAMPLE_KINDS:
+        found = ids.map(counts.get(kind, {})).fillna(0).astype("int64")
+        frame[kind] = found
+        # Rounded: the report shows them; 5e-5 either side of a limit does not matter.
+        frame[f"{kind}_fraction"] = (found / rows.where(rows > 0)).fillna(0.0).round(4)
+    return frame
+
+
+def per_image_suite(
+    file: str, table: pd.DataFrame, ids: pd.Series, limits: ValidationConfig
+) -> SuiteSpec:
+    """Off-screen and off-image samples of each image (E4, E5): a warning with the counts when
+    any image has some, an error naming the images past the ``data.validation`` limit.
+
+    One row per master-sheet record (the records named are master_sheet.csv's).
+    """
+    import great_expectations.expectations as gxe
+
+    frame = per_image_samples(table, ids)
+    spec = SuiteSpec(f"{file} per image", frame, unit="images")
+    total = int(frame["rows"].sum())
+    for kind, (what, limit_name) in _SAMPLE_KINDS.items():
+        column, found = f"{kind}_fraction", int(frame[kind].sum())
+        limit = getattr(limits, limit_name)
+        share = f" ({found / total:.1%})" if total else ""
+        show = ["dicom_id", kind, "rows", column]
+        setting = f"data.validation.{limit_name} = {limit:g}"
+        spec.add(gxe.ExpectColumnValuesToBeBetween, column=column, max_value=0.0,
+                 severity="warning", show=show,
+                 rule=f"{found:,} of {total:,} samples{share} are {what}: dropped from the "
+                 f"heatmaps; an image fails above {setting}")  # fmt: skip
+        spec.add(gxe.ExpectColumnValuesToBeBetween, column=column, max_value=limit, show=show,
+                 rule=f"at most {setting} (params.yaml) of an image's samples are "
+                 f"{what}")  # fmt: skip
     return spec
 
 
@@ -340,34 +414,47 @@ def bbox_suite(bboxes: pd.DataFrame, sizes: pd.DataFrame, master_ids: list[str])
     return spec
 
 
+UNREAD = "no step reads it: a warning"
+
+
 def transcript_suite(transcripts: pd.DataFrame, master_ids: list[str]) -> SuiteSpec:
-    """audio_segmentation_transcripts/<dicom_id>/: every file there, text non-empty (E3, E19)."""
+    """audio_segmentation_transcripts/<dicom_id>/: the folder and its files, text non-empty (E3,
+    E19). No step of the pipeline reads them (audio and masks are often skipped to save space),
+    so their absence or content is a warning."""
     import great_expectations.expectations as gxe
 
     spec = SuiteSpec("audio_segmentation_transcripts", transcripts)
     spec.add(gxe.ExpectColumnValuesToBeUnique, column="dicom_id")
     spec.add(gxe.ExpectColumnValuesToBeInSet, column="dicom_id", value_set=master_ids)
     spec.add(gxe.ExpectColumnValuesToBeInSet, column="dir_exists", value_set=[True],
-             show=["dicom_id"])  # fmt: skip
+             severity="warning", show=["dicom_id"],
+             rule=f"every image has a transcript folder ({UNREAD})")  # fmt: skip
     spec.add(gxe.ExpectColumnValuesToBeInSet, column="missing_files", value_set=[""],
-             rule=f"every folder holds {', '.join(schema.TRANSCRIPT_FILES)}")  # fmt: skip
-    spec.add(gxe.ExpectColumnValuesToNotBeNull, column="full_text")
-    spec.add(gxe.ExpectColumnValuesToMatchRegex, column="full_text", regex=r"\S")
+             severity="warning", show=["dicom_id", "missing_files"],
+             rule=f"every folder holds {', '.join(schema.TRANSCRIPT_FILES)} "
+             f"({UNREAD})")  # fmt: skip
+    # A present transcript.json always has a full_text string (the reader checks); absent: null.
+    spec.add(gxe.ExpectColumnValuesToMatchRegex, column="full_text", regex=r"\S",
+             severity="warning", show=["dicom_id", "full_text"],
+             rule=f"a transcript's full_text is not blank ({UNREAD})")  # fmt: skip
     return spec
 
 
 def phrase_suite(phrases: pd.DataFrame, master_ids: list[str]) -> SuiteSpec:
-    """transcript.json ``time_stamped_text`` entries, in transcript order (E19)."""
+    """transcript.json ``time_stamped_text`` entries, in transcript order (E19): warnings, as
+    no step reads them."""
     import great_expectations.expectations as gxe
 
     step = _steps(phrases["begin_time"], phrases["dicom_id"], first=0.0)
     spec = SuiteSpec("transcript.json phrases", phrases.assign(begin_step_in_transcript=step))
     spec.add(gxe.ExpectColumnValuesToBeInSet, column="dicom_id", value_set=master_ids)
-    spec.add(gxe.ExpectColumnValuesToNotBeNull, column="phrase")
-    spec.add(gxe.ExpectColumnValuesToBeBetween, column="begin_time", min_value=0)
+    warn = {"severity": "warning"}
+    spec.add(gxe.ExpectColumnValuesToNotBeNull, column="phrase", **warn)
+    spec.add(gxe.ExpectColumnValuesToBeBetween, column="begin_time", min_value=0, **warn)
     spec.add(gxe.ExpectColumnPairValuesAToBeGreaterThanB, column_A="end_time",
-             column_B="begin_time", or_equal=True, show=["dicom_id", "phrase"])  # fmt: skip
-    spec.add(gxe.ExpectColumnValuesToBeBetween, column="begin_step_in_transcript", min_value=0)
+             column_B="begin_time", or_equal=True, show=["dicom_id", "phrase"], **warn)  # fmt: skip
+    spec.add(gxe.ExpectColumnValuesToBeBetween, column="begin_step_in_transcript", min_value=0,
+             **warn)  # fmt: skip
     return spec
 
 
@@ -386,15 +473,17 @@ def header_suite(headers: pd.DataFrame, master_ids: list[str]) -> SuiteSpec:
     spec.add(gxe.ExpectColumnValuesToBeUnique, column="dicom_id")
     spec.add(gxe.ExpectColumnValuesToBeInSet, column="dicom_id", value_set=master_ids)
     for col in ("Rows", "Columns"):
-        spec.add(gxe.ExpectColumnValuesToNotBeNull, column=col)
-        spec.add(gxe.ExpectColumnValuesToBeBetween, column=col, min_value=1)
-    spec.add(gxe.ExpectColumnValuesToBeBetween, column="BitsStored", min_value=1, max_value=16)
+        spec.add(gxe.ExpectColumnValuesToNotBeNull, column=col, show=["dicom_id", col])
+        spec.add(gxe.ExpectColumnValuesToBeBetween, column=col, min_value=1, show=["dicom_id", col])
+    spec.add(gxe.ExpectColumnValuesToBeBetween, column="BitsStored", min_value=1, max_value=16,
+             show=["dicom_id", "BitsStored"])  # fmt: skip
     photometric = "PhotometricInterpretation"
     spec.add(gxe.ExpectColumnValuesToBeInSet, column=photometric,
-             value_set=["MONOCHROME1", "MONOCHROME2"])  # fmt: skip
+             value_set=["MONOCHROME1", "MONOCHROME2"], show=["dicom_id", photometric])  # fmt: skip
     spec.add(gxe.ExpectColumnValuesToBeInSet, column=photometric, value_set=["MONOCHROME2"],
              severity="warning", show=["dicom_id", photometric],
-             rule="MONOCHROME1 images are inverted when decoded (counted here)")  # fmt: skip
+             rule="MONOCHROME1 images, counted: inverted when decoded with "
+                  "data.geometry.intensity=window, kept as stored with 'raw'")  # fmt: skip
     spec.add(gxe.ExpectColumnValuesToBeInSet, column="ViewPosition", value_set=["PA", "AP"])
     spec.add(gxe.ExpectColumnValuesToBeBetween, column="window_width_first", min_value=0,
              strict_min=True)  # fmt: skip

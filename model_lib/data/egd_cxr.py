@@ -18,6 +18,8 @@ from __future__ import annotations
 import codecs
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -51,7 +53,8 @@ class EgdTables:
     fixations / gaze: rows of image screens (``schema.GAZE_COLUMNS``); calibration screens (39-char
     ids) are moved to ``calibration_fixations`` / ``calibration_gaze``.
     transcripts: one row per master image: dicom_id, dir_exists, missing_files (';'-joined),
-    full_text, n_phrases. phrases: dicom_id, phrase, begin_time, end_time (record = phrase order).
+    full_text (None without transcript.json), n_phrases; all optional (validation warns).
+    phrases: dicom_id, phrase, begin_time, end_time (record = phrase order).
     image_paths: dicom_id -> image file under ``images_root`` (it may be missing: validation says).
     """
 
@@ -161,9 +164,12 @@ def read_bounding_boxes(path: Path) -> pd.DataFrame:
 
 
 def read_transcripts(root: Path, dicom_ids: pd.Series) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Inventory of ``audio_segmentation_transcripts/<dicom_id>/`` and the parsed phrases."""
-    if not root.is_dir():
-        raise DataError(root, "transcript folder not found")
+    """Inventory of ``audio_segmentation_transcripts/<dicom_id>/`` and the parsed phrases.
+
+    Nothing there is required (no step reads it; people skip the audio to save space): a missing
+    folder, or a missing ``root``, shows as ``dir_exists`` False, which validation warns about.
+    A transcript.json that is there must parse.
+    """
     rows, phrases = [], []
     for dicom_id in dicom_ids:
         folder = root / dicom_id
@@ -201,6 +207,32 @@ def locate_images(images_root: Path, master: pd.DataFrame) -> pd.Series:
         jpg = dicom.with_suffix(".jpg")
         paths.append(jpg if not dicom.exists() and jpg.exists() else dicom)
     return pd.Series(paths, index=master["dicom_id"].to_numpy(), name="image_path")
+
+
+@contextmanager
+def naming_images(tables: EgdTables) -> Iterator[None]:
+    """Re-raise a DataError about one image of ``tables`` (raised for its file, or for its
+    master-sheet record) as the same error naming the image's dicom_id: a per-image failure
+    (an unreadable DICOM, pixel data that does not decode) then names the image and the file."""
+    try:
+        yield
+    except DataError as err:
+        dicom_id = None if err.dicom_id is not None else _image_of(err, tables)
+        if dicom_id is None:
+            raise
+        raise err.for_image(dicom_id) from err
+
+
+def _image_of(err: DataError, tables: EgdTables) -> str | None:
+    """The dicom_id whose image file, or master-sheet record, ``err`` names (None if none)."""
+    by_file = {str(Path(p)): str(i) for i, p in tables.image_paths.items()}
+    if str(Path(err.file)) in by_file:
+        return by_file[str(Path(err.file))]
+    master = tables.master
+    if (Path(err.file) == tables.egd_root / "master_sheet.csv" and err.row in master.index
+            and "dicom_id" in master.columns):  # fmt: skip
+        return str(master.at[err.row, "dicom_id"])
+    return None
 
 
 def class_labels(master: pd.DataFrame) -> np.ndarray:

@@ -1,4 +1,9 @@
-"""Ground-truth gaze maps for every image of a packed store, one array per split."""
+"""Ground-truth gaze maps for every image of a packed store, one array per split.
+
+Gaze events outside their image (the released negative X/Y_ORIGINAL of samples off screen or on
+the display padding, and the (0, 0) marker they become on small images) are dropped from the
+maps, as :func:`~model_lib.data.heatmap.heatmap_for_events` does; the summary counts them.
+"""
 
 from __future__ import annotations
 
@@ -24,11 +29,42 @@ META_FILE = "gaze_maps.json"
 
 
 @dataclass(frozen=True)
+class DroppedPoints:
+    """Events of one map source left out of the maps because they lie outside their image.
+
+    ``events`` and ``dropped`` count over every image; ``worst`` is the image with the largest
+    dropped fraction as (dicom_id, dropped, events), None when nothing was dropped.
+    """
+
+    events: int = 0
+    dropped: int = 0
+    worst: tuple[str, int, int] | None = None
+
+    def add(self, dicom_id: str, dropped: int, events: int) -> DroppedPoints:
+        worst = self.worst
+        if dropped and (worst is None or dropped * worst[2] > worst[1] * events):
+            worst = (dicom_id, dropped, events)
+        return DroppedPoints(self.events + events, self.dropped + dropped, worst)
+
+    def describe(self, source: str) -> str:
+        """One line, e.g. 'dropped 8 of 210 gaze points (3.8%) outside their image (...)'."""
+        kind = "gaze" if source == "gaze" else "fixation"
+        share = f" ({self.dropped / self.events:.1%})" if self.events else ""
+        text = (f"dropped {self.dropped:,} of {self.events:,} {kind} points{share} outside "
+                "their image (off screen or on the display padding)")  # fmt: skip
+        if self.worst is not None:
+            dicom_id, dropped, events = self.worst
+            text += f"; most in image {dicom_id}: {dropped:,} of {events:,}"
+        return text
+
+
+@dataclass(frozen=True)
 class GazeMapsSummary:
     out_dir: Path
     split_counts: dict[str, int]
     source: str
     sigma_px: float
+    dropped: DroppedPoints = DroppedPoints()
 
     def describe(self) -> str:
         counts = ", ".join(f"{k} {v}" for k, v in self.split_counts.items())
@@ -40,15 +76,16 @@ def write_gaze_maps(
 ) -> GazeMapsSummary:
     """Write ``<out_dir>/<split>/maps.npy`` (N, H, W) float16, each map max-normalised.
 
-    Row i of a split's maps belongs to image i of the same split in the store. An image with no
-    gaze point inside it is a DataError naming the image. The folder appears only when complete.
+    Row i of a split's maps belongs to image i of the same split in the store. Events outside
+    their image are dropped (counted in the summary and in gaze_maps.json). An image with no gaze
+    point inside it is a DataError naming the image. The folder appears only when complete.
     """
     store = PackedStore.open(store_dir)
     geometry = GeometryConfig(**store.geometry)
     out_dir = Path(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    counts = {}
+    counts, dropped = {}, DroppedPoints()
     try:
         for name in store.split_names:
             split = store.split(name)
@@ -58,12 +95,14 @@ def write_gaze_maps(
                 shape=(len(split), *geometry.target_hw),
             )  # fmt: skip
             for i in tqdm(range(len(split)), desc=f"heatmaps {name}", disable=not progress):
-                maps[i] = _map_for(split, i, cfg, geometry, store_dir)
+                maps[i], outside, events = _map_for(split, i, cfg, geometry, store_dir)
+                dropped = dropped.add(str(split.manifest.iloc[i]["dicom_id"]), outside, events)
             maps.flush()
             del maps
             counts[name] = len(split)
         meta = {"source": cfg.source, "heatmap": cfg.model_dump(), "geometry": store.geometry,
-                "splits": counts, "store": str(store_dir)}  # fmt: skip
+                "splits": counts, "store": str(store_dir),
+                "points": {"events": dropped.events, "dropped": dropped.dropped}}  # fmt: skip
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -72,7 +111,7 @@ def write_gaze_maps(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("wrote gaze maps %s: %s", out_dir, counts)
-    return GazeMapsSummary(out_dir, counts, cfg.source, cfg.sigma_px)
+    return GazeMapsSummary(out_dir, counts, cfg.source, cfg.sigma_px, dropped)
 
 
 def load_gaze_maps(maps_dir: Path, split: str) -> np.ndarray:
@@ -83,19 +122,34 @@ def load_gaze_maps(maps_dir: Path, split: str) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def _map_for(split, i: int, cfg: HeatmapConfig, geometry: GeometryConfig, store_dir: Path):
+def outside_image(x: np.ndarray, y: np.ndarray, native_hw: tuple[int, int]) -> np.ndarray:
+    """(N,) bool: the events ``heatmap_for_events`` leaves out of an image of ``native_hw``:
+    outside [0, W) x [0, H) (negative X/Y_ORIGINAL included) or the (0, 0) off-image marker."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    height, width = native_hw
+    inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    return ~inside | ((x == 0) & (y == 0))
+
+
+def _map_for(
+    split, i: int, cfg: HeatmapConfig, geometry: GeometryConfig, store_dir: Path
+) -> tuple[np.ndarray, int, int]:
+    """Image i's map, with how many of its events were dropped (outside it) and used in all."""
     row = split.manifest.iloc[i]
     events = split.points_for(i)
     events = events[events["source"] == ("gaze" if cfg.source == "gaze" else "fixation")]
+    native_hw = (int(row["native_h"]), int(row["native_w"]))
+    outside = int(outside_image(events["x"].to_numpy(), events["y"].to_numpy(), native_hw).sum())
     try:
-        return heatmap_for_events(
+        heat = heatmap_for_events(
             events["x"].to_numpy(),
             events["y"].to_numpy(),
             events["duration"].to_numpy(),
             cfg.source,
-            (int(row["native_h"]), int(row["native_w"])),
+            native_hw,
             cfg,
             geometry,
         )
     except ValueError as err:
-        raise DataError(store_dir, f"image {row['dicom_id']}: {err}", field="points") from err
+        raise DataError(store_dir, str(err), field="points", dicom_id=str(row["dicom_id"])) from err
+    return heat, outside, len(events)
