@@ -58,7 +58,7 @@ def step_flops_and_seconds(variant: Variant, batch: int, steps: int) -> tuple[fl
     cfg = get_preset("paper")
     spec = cfg.stage("s3j")
     torch.manual_seed(0)
-    step = _Step(build_model(cfg.model), spec, variant)
+    step = _Step(build_model(cfg.model, pretrained=False), spec, variant)
     data = {k: v.cuda() for k, v in random_batch(batch, cfg.model.input_hw).items()}
     flops = 0.0
     if not variant.compile:  # the compiled step does the same arithmetic: counted eagerly

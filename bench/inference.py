@@ -109,7 +109,7 @@ def measure(repeats: int) -> dict:
     """Build, check, screen, then time eager and the fastest matching candidate interleaved."""
     cfg = get_preset("paper").model
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = build_model(cfg, pretrained=False).eval()  # timing: any weights do
     example = torch.rand(1, 1, *cfg.input_hw, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         reference = model(example)
@@ -118,7 +118,7 @@ def measure(repeats: int) -> dict:
             model(example)
 
     def fresh() -> nn.Module:
-        copy = build_model(cfg).eval()
+        copy = build_model(cfg, pretrained=False).eval()
         copy.load_state_dict(model.state_dict())
         return copy
 

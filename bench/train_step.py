@@ -161,7 +161,7 @@ def time_steps(
     steps = []
     for variant, _, _ in runs:
         torch.manual_seed(0)
-        steps.append(_Step(build_model(model_cfg), spec, variant))
+        steps.append(_Step(build_model(model_cfg, pretrained=False), spec, variant))
     flops = 0.0
     for k, (step, (variant, warmup, _)) in enumerate(zip(steps, runs, strict=True)):
         for i in range(warmup):

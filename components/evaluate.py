@@ -185,7 +185,7 @@ def evaluate_step(
     ``evaluate``. The report's training curves and lineage come from the parent run."""
     cfg = get_preset(preset, overrides)
     rules = policy_from_mapping(policy, "promotion_policy")
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, pretrained=False)  # the trained weights replace them all
     load_model_weights(model, Path(weights))
     mtunet = None if mtunet_weights is None else _mtunet(cfg, Path(mtunet_weights))
     device = "cuda" if torch.cuda.is_available() else "cpu"

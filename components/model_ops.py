@@ -32,7 +32,8 @@ from components.registry_lock import promotion_lock_name, registry_lock
 logger = logging.getLogger(__name__)
 
 ROLLED_BACK_AT_TAG, ROLLED_BACK_TO_TAG = "rolled_back_at", "rolled_back_to"
-LINEAGE_TAGS = ("data_rev", "data_md5", "git_sha", "preset", "overrides", "pipeline_run_id")
+LINEAGE_TAGS = ("data_rev", "data_md5", "git_sha", "preset", "overrides", "pipeline_run_id",
+                "pretrained_weights", "pretrained_sha256")  # fmt: skip
 
 
 class NothingToRollBack(LookupError):

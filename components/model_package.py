@@ -133,7 +133,7 @@ class CxrGazeModel(mlflow.pyfunc.PythonModel):
         state = torch.load(
             context.artifacts[WEIGHTS_ARTIFACT], map_location="cpu", weights_only=True
         )
-        self.network = build_model(self.config)
+        self.network = build_model(self.config, pretrained=False)
         self.network.load_state_dict(state)
         self.network.eval()
 
@@ -226,7 +226,7 @@ def read_state_dict(path: Path, config: PackageConfig) -> dict[str, torch.Tensor
     ):
         raise ValueError(f"{path}: expected a state dict of tensors or a training checkpoint")
     try:
-        build_model(config.stored().model).load_state_dict(payload)
+        build_model(config.stored().model, pretrained=False).load_state_dict(payload)
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not fit {config.model}: {err}") from err
     return payload

@@ -68,6 +68,12 @@ class Lineage(BaseModel):
     pipeline_run_id: str = Field(min_length=1, pattern=r"^[^'\"\\]+$")
     preset: str = Field(min_length=1)
     overrides: tuple[str, ...] = ()
+    pretrained_weights: str = Field(
+        "",
+        description="where the DenseNet started: a torchvision weights name, a path or URI, "
+        "'random initialisation'; empty for an arch without DenseNet",
+    )
+    pretrained_sha256: str = Field("", description="sha256 of the pretrained weights file")
 
     def tags(self) -> dict[str, str]:
         """String tags; ``overrides`` as a JSON list."""
@@ -277,11 +283,15 @@ def register_step(
 ) -> RegistrationResult:
     """The pipeline's register step: the final weights with the test summary as metrics and
     the run's lineage, logged into the nested run ``register``."""
+    from components.pretrained import PRETRAINED_SHA256_TAG, PRETRAINED_TAG
+    from components.registry import registry_client
     from components.tracking import git_sha, resolve_tracking_uri, step_run
     from model_lib.presets import get_preset
 
     uri = resolve_tracking_uri(tracking_uri)
     metrics = json.loads(Path(summary).read_text(encoding="utf-8"))
+    # The first training step tagged the pipeline's run with the weights it started from.
+    run_tags = registry_client(uri).get_run(parent_run_id).data.tags
     lineage = Lineage(
         data_rev=data_rev,
         data_md5=data_md5,
@@ -289,6 +299,8 @@ def register_step(
         pipeline_run_id=pipeline_run_id,
         preset=preset,
         overrides=tuple(overrides),
+        pretrained_weights=run_tags.get(PRETRAINED_TAG, ""),
+        pretrained_sha256=run_tags.get(PRETRAINED_SHA256_TAG, ""),
     )
     with step_run(uri, parent_run_id, "register") as run:
         return register_model(

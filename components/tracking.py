@@ -345,7 +345,9 @@ def open_run_step(
     retrain: bool = False,
 ) -> tuple[str, str, str]:
     """(MLflow run id, data version, version already trained or "") for a pipeline run."""
+    from components.pretrained import PRETRAINED_TAG
     from model_lib.data.fingerprint import tree_digest
+    from model_lib.models.weights import describe_init
     from model_lib.presets import get_preset
 
     cfg = get_preset(preset, overrides)
@@ -364,6 +366,9 @@ def open_run_step(
             "data_version": data_version,
             "git_sha": code,
             "preset": preset,
+            # Where the DenseNet starts, as configured; the first training step replaces it
+            # with the weights it loaded and adds their sha256.
+            **({PRETRAINED_TAG: init} if (init := describe_init(cfg.model)) else {}),
         },
         config=cfg.model_dump(mode="json"),
     )

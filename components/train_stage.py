@@ -31,6 +31,7 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from components.data_transfer import materialize
 from components.ddp_launch import maybe_torchrun
 from components.kfp_step import step_component
+from components.pretrained import ensure_pretrained, pretrained_lineage
 from components.stage_tracking import EpochMetrics, log_stage_artifacts
 from components.tracking import SKIPPED_TAG, resolve_tracking_uri, step_run
 from model_lib.presets import get_preset
@@ -103,6 +104,12 @@ def train_stage_step(
     the last one it finished; the folder is deleted when the step succeeds."""
     cfg = get_preset(preset, overrides)
     spec = cfg.stage(stage)
+    pretrained_tags: dict[str, str] = {}
+    if init_weights is None:  # the first stage: its DenseNet starts from the pretrained weights
+        # Fetched and checked before any data moves: unreachable weights fail the step at once.
+        model_cfg, overrides, weights = ensure_pretrained(cfg.model, overrides)
+        cfg = cfg.model_copy(update={"model": model_cfg})
+        pretrained_tags = pretrained_lineage(model_cfg, weights)
     store, maps = materialize(Path(store)), materialize(Path(maps))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     params = {f"{stage}.{k}": v for k, v in spec.model_dump(mode="json").items()}
@@ -116,6 +123,11 @@ def train_stage_step(
         step_run(resolve_tracking_uri(tracking_uri), parent_run_id, stage, params) as run,
         tempfile.TemporaryDirectory(prefix=f"cxr-gaze-{stage}-") as scratch,
     ):
+        if pretrained_tags:  # on this run and on the pipeline's, where register finds them
+            mlflow.set_tags(pretrained_tags)
+            parent = mlflow.MlflowClient(resolve_tracking_uri(tracking_uri))
+            for key, value in pretrained_tags.items():
+                parent.set_tag(parent_run_id, key, value)
         callbacks = [EpochMetrics()]
         outcome = maybe_torchrun(
             stage, preset, overrides, Path(store), Path(maps), work, Path(weights_out),

@@ -14,7 +14,13 @@ from model_lib.models.decoder import UNetDecoder
 from model_lib.models.encoders import DenseNetEncoder, PlainUNetEncoder, ResSEEncoder
 from model_lib.models.heads import DenseNetHead, FusionClassifier, SaliencyHead
 from model_lib.models.networks import DualEncoderUNet, MTUNet
-from model_lib.models.weights import load_pretrained_densenet
+from model_lib.models.pretrained import (
+    PretrainedWeights,
+    WeightsHashMismatch,
+    WeightsUnavailable,
+    resolve_pretrained,
+)
+from model_lib.models.weights import check_pretrained, load_pretrained_densenet
 
 __all__ = [
     "MODEL_PRESETS",
@@ -26,14 +32,19 @@ __all__ = [
     "GradCAM",
     "MTUNet",
     "PlainUNetEncoder",
+    "PretrainedWeights",
     "ResSEEncoder",
     "SaliencyHead",
     "UNetDecoder",
+    "WeightsHashMismatch",
+    "WeightsUnavailable",
     "build_model",
+    "check_pretrained",
     "densenet_grad_cam",
     "dual_unet",
     "load_pretrained_densenet",
     "mt_unet",
     "plain_unet",
     "res_se_unet",
+    "resolve_pretrained",
 ]

@@ -28,7 +28,8 @@ METRICS = {
 
 def register(backend: Backend, weights: Path, cfg: ExperimentConfig, run: str) -> str:
     lineage = {"data_rev": f"rev-{run}", "data_md5": "d" * 32, "git_sha": "abc1234",
-               "pipeline_run_id": run, "preset": "ci", "overrides": ["seed=1"]}  # fmt: skip
+               "pipeline_run_id": run, "preset": "ci", "overrides": ["seed=1"],
+               "pretrained_weights": "random initialisation"}  # fmt: skip
     return register_model(
         weights, cfg, METRICS, lineage, tracking_uri=backend.tracking_uri,
         artifact_location=backend.artifact_location,
@@ -91,12 +92,14 @@ def test_lineage_of_a_version_and_of_an_alias(two_champions: Backend) -> None:
     assert info["lineage"] == {
         "data_rev": "rev-run-2", "data_md5": "d" * 32, "git_sha": "abc1234", "preset": "ci",
         "overrides": '["seed=1"]', "pipeline_run_id": "run-2",
+        "pretrained_weights": "random initialisation", "pretrained_sha256": "",
     }  # fmt: skip
     assert info["metrics"]["classification.auc_macro"] == 0.91
     assert info["validation_status"] == "approved"
     text = lineage_text(version_lineage(uri, "1"))
     assert text.startswith("cxr-gaze version 1 (previous_champion)")
     assert "data_rev: rev-run-1" in text and "classification.auc_macro 0.9100" in text
+    assert "pretrained_weights: random initialisation" in text
     with pytest.raises(LookupError, match="no version 9"):
         version_lineage(uri, "9")
     with pytest.raises(LookupError, match="no alias 'staging'"):

@@ -10,11 +10,13 @@ ODD_SIZES: tuple[tuple[int, int], ...] = ((72, 56), (100, 84))
 
 
 def tiny_config(arch: str, **overrides: object) -> ModelConfig:
-    """The smallest configuration of an arch: DenseNet121 and 1/8 of the UNet widths."""
+    """The smallest configuration of an arch: DenseNet121 (random weights) and 1/8 of the UNet
+    widths."""
     fields: dict[str, object] = {
         "arch": arch,
         "backbone": "densenet121",
         "width": 0.125,
         "input_hw": (72, 56),
+        "pretrained_weights": None,
     }
     return ModelConfig(**{**fields, **overrides})

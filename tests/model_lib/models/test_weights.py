@@ -8,11 +8,7 @@ import torch
 from torchvision.models import densenet121
 
 from model_lib.models.encoders import DenseNetEncoder
-from model_lib.models.weights import (
-    load_pretrained_densenet,
-    local_weights_path,
-    torchvision_densenet_keys,
-)
+from model_lib.models.weights import load_pretrained_densenet, torchvision_densenet_keys
 
 
 def _old_style(key: str) -> str:
@@ -86,20 +82,6 @@ def test_a_missing_file_names_the_path(tmp_path: Path) -> None:
         load_pretrained_densenet(encoder, missing)
     with pytest.raises(FileNotFoundError, match=re.escape(str(missing))):
         load_pretrained_densenet(encoder, missing.as_uri())
-
-
-@pytest.mark.parametrize(
-    "location", ["https://download.pytorch.org/models/densenet201.pth", "s3://bucket/w.pth"]
-)
-def test_remote_locations_are_refused(location: str) -> None:
-    with pytest.raises(ValueError, match="never downloaded"):
-        local_weights_path(location)
-
-
-def test_file_uri_and_plain_paths_resolve(tmp_path: Path) -> None:
-    target = tmp_path / "a b.pth"
-    assert local_weights_path(target.as_uri()) == target
-    assert local_weights_path(str(target)) == target
 
 
 def test_weights_of_another_variant_are_refused(saved_densenet121: Path) -> None:
