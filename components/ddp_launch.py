@@ -47,7 +47,7 @@ def stage_args(
     weights_out: Path,
     *,
     init_weights: Path | None,
-    precision: PrecisionName,
+    precision: PrecisionName | None,
     outcome: Path,
 ) -> list[str]:
     """The command-line arguments of :mod:`components.ddp_stage`, with absolute paths."""
@@ -65,7 +65,7 @@ def stage_args(
         paths["--init-weights"] = init_weights
     for flag, path in paths.items():
         args += [flag, str(Path(path).resolve())]
-    return [*args, "--precision", precision]
+    return args if precision is None else [*args, "--precision", precision]
 
 
 def maybe_torchrun(
@@ -78,7 +78,7 @@ def maybe_torchrun(
     weights_out: Path,
     *,
     init_weights: Path | None = None,
-    precision: PrecisionName = "auto",
+    precision: PrecisionName | None = None,
     callbacks: Sequence[Callback] = (),
     n_procs: int | None = None,
 ) -> StageOutcome | None:

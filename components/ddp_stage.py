@@ -42,7 +42,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights-out", type=Path, required=True)
     parser.add_argument("--init-weights", type=Path, default=None)
     parser.add_argument("--outcome", type=Path, required=True, help="JSON rank 0 writes")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="default: the preset's",
+    )
     parser.add_argument("--device", default=None, help="default: this rank's GPU, else cpu")
     return parser.parse_args(argv)
 

@@ -17,13 +17,26 @@ class _Config(BaseModel):
 
 
 class GeometryConfig(_Config):
-    """Paper geometry: fit into a centred canvas, then sample down to the target size."""
+    """How an image becomes a model input: placed in a centred canvas, sampled down to the
+    target size, its intensities mapped. Stored with the model, so serving preprocesses alike."""
 
     target_hw: tuple[int, int] = (320, 256)
     pad_to: tuple[int, int] = (3200, 2560)
     resample: Literal["subsample", "area"] = Field(
         "subsample",
         description="'subsample' takes every k-th canvas pixel (the paper); 'area' averages",
+    )
+    oversize: Literal["fit", "crop"] = Field(
+        "fit",
+        description="a side longer than the canvas (landscape views): 'fit' shrinks the whole "
+        "image into the canvas, aspect kept; 'crop' centre-crops it, as the authors' negative "
+        "F.pad does (248 px off each side of a 2544x3056 image)",
+    )
+    intensity: Literal["window", "raw"] = Field(
+        "window",
+        description="'window' applies the DICOM rescale and window and inverts MONOCHROME1 "
+        "(bright = dense everywhere); 'raw' keeps pydicom's stored pixel_array values, as the "
+        "authors do. Either way the sampled image is divided by its max.",
     )
 
     @model_validator(mode="after")
@@ -50,17 +63,57 @@ class HeatmapConfig(_Config):
     screen_width_mm: float = Field(596.7, gt=0, description="Dell S2719DGF active width")
 
 
-class SplitConfig(_Config):
-    """Patient-grouped, class-stratified split."""
+AUTHORS_SPLIT_FRACTIONS: tuple[float, float, float] = (0.7, 0.1, 0.2)
+"""What the authors' round robin gives: of every 10 images of a class, 7 train, 1 val, 2 test."""
 
-    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+
+class SplitConfig(_Config):
+    """Class-stratified train/val/test split."""
+
+    fractions: tuple[float, float, float] = AUTHORS_SPLIT_FRACTIONS
     seed: int = 0
+    method: Literal["patients", "authors"] = Field(
+        "patients",
+        description="'patients': patients (not images) are shuffled per class and cut by "
+        "fractions, so no patient spans two splits; 'authors': their round robin over images "
+        "in a torch.randperm order (Data/hzhu_data_raw.py save_all), patients may span splits",
+    )
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
         if any(f < 0 for f in self.fractions) or abs(sum(self.fractions) - 1.0) > 1e-9:
             raise ValueError(f"split fractions must be >= 0 and sum to 1, got {self.fractions}")
+        if self.method == "authors" and tuple(self.fractions) != AUTHORS_SPLIT_FRACTIONS:
+            raise ValueError(
+                f"split method 'authors' always cuts {AUTHORS_SPLIT_FRACTIONS}; "
+                f"fractions {self.fractions} need method 'patients'"
+            )
         return self
+
+
+class ValidationConfig(_Config):
+    """Ingest validation limits for the quirks of real eye-tracking data.
+
+    Off-screen samples (FPOG/BPOG outside [0, 1]) and samples outside the image (negative
+    X/Y_ORIGINAL) are warnings, counted per image, and dropped from the heatmaps. An image
+    fails ingest only when its fraction of such samples, in fixations.csv or eye_gaze.csv,
+    exceeds the limit here.
+    """
+
+    max_offscreen_fraction: float = Field(
+        0.10,
+        ge=0,
+        le=1,
+        description="largest fraction of an image's samples with FPOG or BPOG outside [0, 1] "
+        "(the reader looked off screen); a real tracker reports a few per cent",
+    )
+    max_outside_image_fraction: float = Field(
+        0.50,
+        ge=0,
+        le=1,
+        description="largest fraction of an image's samples outside the image (negative "
+        "X/Y_ORIGINAL: on the letterbox padding or off screen); more suggests misaligned gaze",
+    )
 
 
 PhiPolicy = Literal["fail", "strip"]
@@ -85,6 +138,7 @@ class DataConfig(_Config):
         "each file and field; 'strip' ingests it and reports the fields as a warning. Either "
         "way only the whitelisted header fields leave ingest, and values are never shown.",
     )
+    validation: ValidationConfig = ValidationConfig()
 
     def scaled_geometry(self) -> GeometryConfig:
         """Geometry with the canvas scaled to the images' size."""
@@ -128,6 +182,11 @@ def load_params(path: Path) -> Params:
 
 DENSENET_ARCHS: frozenset[str] = frozenset({"dual_unet", "plain_unet"})
 """Architectures with a DenseNet branch (bottleneck, DenseNet head, pretrained weights)."""
+IMAGENET_WEIGHTS = "imagenet"
+"""``pretrained_weights`` value for torchvision's ImageNet weights of the backbone (the default)."""
+WEIGHTS_SCHEMES: frozenset[str] = frozenset({"file", "http", "https", "s3"})
+"""URI schemes ``pretrained_weights`` may use; anything else without a scheme is a local path."""
+_RANDOM_WEIGHTS = frozenset({"none", "null", "random"})
 
 
 class ModelConfig(_Config):
@@ -148,12 +207,35 @@ class ModelConfig(_Config):
     dropout: float = Field(0.25, ge=0, lt=1)
     se_reduction: int = Field(16, ge=1)
     pretrained_weights: str | None = Field(
-        None,
-        description="local path or file:// URI of a torchvision DenseNet state dict; never fetched",
+        IMAGENET_WEIGHTS,
+        description="where the DenseNet branch starts: 'imagenet' (torchvision's IMAGENET1K_V1 "
+        "file for the backbone, through torch.hub's cache under $TORCH_HOME), a local path or a "
+        "file://, http(s):// or s3:// URI of a torchvision DenseNet state dict, or null for "
+        "random initialisation (see model_lib.models.pretrained). Archs without a DenseNet "
+        "take null; 'imagenet' means null there.",
     )
     classifier: Literal["densenet", "fusion"] = Field(
         "fusion", description="which class head the model reports as 'logits'"
     )
+    input_norm: Literal["imagenet", "none"] = Field(
+        "imagenet",
+        description="what the DenseNet branch sees: the grey image repeated to RGB and "
+        "normalised with ImageNet's mean/std, or repeated as it is (the authors)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _weights_default(cls, data: object) -> object:
+        """'imagenet' (also when absent) is null for an arch without DenseNet; 'none', 'null'
+        and 'random' are null (random initialisation, asked for explicitly)."""
+        if not isinstance(data, dict):
+            return data
+        weights = data.get("pretrained_weights", IMAGENET_WEIGHTS)
+        random = isinstance(weights, str) and weights.strip().lower() in _RANDOM_WEIGHTS
+        nothing_to_load = data.get("arch", "dual_unet") not in DENSENET_ARCHS
+        if random or (weights == IMAGENET_WEIGHTS and nothing_to_load):
+            weights = None
+        return {**data, "pretrained_weights": weights}
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
@@ -170,4 +252,14 @@ class ModelConfig(_Config):
             )
         if not has_densenet and self.pretrained_weights is not None:
             raise ValueError(f"pretrained_weights is set but arch {self.arch} has no DenseNet")
+        weights = self.pretrained_weights
+        if weights is not None:
+            scheme = weights.partition("://")[0].lower() if "://" in weights else ""
+            if not weights.strip():
+                raise ValueError("pretrained_weights is empty; use null for random initialisation")
+            if scheme and scheme not in WEIGHTS_SCHEMES:
+                raise ValueError(
+                    f"pretrained_weights {weights!r}: scheme {scheme}:// is not one of "
+                    f"{sorted(WEIGHTS_SCHEMES)} (or 'imagenet', a local path, null)"
+                )
         return self

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +137,15 @@ class UncertaintyWeightedLoss(nn.Module):
         }
 
 
-def supervised_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 1.0) -> Tensor:
+TripletReduction = Literal["mean", "sum"]
+
+
+def supervised_triplet_loss(
+    embeddings: Tensor,
+    labels: Tensor,
+    margin: float = 1.0,
+    reduction: TripletReduction = "mean",
+) -> Tensor:
     """Batch-all supervised triplet loss with Euclidean distances.
 
     Every (anchor a, positive p, negative n) of the batch with ``label[p] == label[a]``,
@@ -149,12 +158,14 @@ def supervised_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 
             maps).
         labels: (B,) integer classes.
         margin: hinge margin.
+        reduction: ``"mean"`` over all valid triplets (those with zero loss included) or their
+            ``"sum"``.
 
     Returns:
-        0-d tensor: the mean over all valid triplets (those with zero loss included). With no
-        valid triplet (one class, or no class with two members) it is 0, still attached to the
-        graph so that ``backward()`` works and gives zero gradients.
+        0-d tensor. With no valid triplet (one class, or no class with two members) it is 0,
+        still attached to the graph so that ``backward()`` works and gives zero gradients.
     """
+    _check_reduction(reduction)
     if embeddings.ndim < 2:
         raise ValueError(
             f"supervised_triplet_loss: expected embeddings (B, D), got {tuple(embeddings.shape)}"
@@ -170,7 +181,64 @@ def supervised_triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 
         valid = (same & not_self)[:, :, None] & ~same[:, None, :]
         hinge = F.relu(dist[:, :, None] - dist[:, None, :] + margin)
         total = torch.where(valid, hinge, torch.zeros_like(hinge)).sum()
-        return total / valid.sum().clamp_min(1)
+        return total if reduction == "sum" else total / valid.sum().clamp_min(1)
+
+
+def feature_map_triplet_loss(
+    maps: Tensor,
+    labels: Tensor,
+    margin: float = 1.0,
+    reduction: TripletReduction = "sum",
+    eps: float = 1e-6,
+) -> Tensor:
+    """Batch-all supervised triplet loss on feature maps, in the authors' formulation.
+
+    The authors apply ``nn.TripletMarginLoss(margin, p=2)`` to each (anchor, positive, negative)
+    of 4-D ``denseblock4`` maps: ``pairwise_distance`` then measures ``||a - p + eps||_2`` along
+    the LAST axis only (the width), one distance per channel and row, and the hinge
+    ``max(0, margin + d(a, p) - d(a, n))`` is averaged over channels and rows. They sum that over
+    the batch's triplets. Triplets are as in :func:`supervised_triplet_loss`. Computed anchor by
+    anchor (B iterations; each vectorised over its positives x negatives), which keeps memory at
+    B x C x h x w per anchor instead of B^3.
+
+    Args:
+        maps: (B, C, h, w) features (DenseNet denseblock4).
+        labels: (B,) integer classes.
+        margin: hinge margin.
+        reduction: ``"sum"`` over the triplets (the authors) or their ``"mean"``.
+        eps: added to the difference before the norm, as ``pairwise_distance`` does.
+
+    Returns:
+        0-d float32 tensor; 0 (attached to the graph) without a valid triplet.
+    """
+    _check_reduction(reduction)
+    if maps.ndim < 3:
+        raise ValueError(
+            f"feature_map_triplet_loss: expected maps (B, ..., w), got {tuple(maps.shape)}"
+        )
+    _check_labels(labels, maps.shape[0], "maps")
+    with _float32_region(maps):
+        x = maps.float()
+        same = labels[:, None] == labels[None, :]
+        not_self = ~torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
+        total = x.sum() * 0.0
+        count = 0
+        for anchor in range(x.shape[0]):
+            positives = same[anchor] & not_self[anchor]
+            negatives = ~same[anchor]
+            if not (positives.any() and negatives.any()):
+                continue
+            # (B, C, h): one distance per channel and row, along the width.
+            dist = torch.linalg.vector_norm(x[anchor] - x + eps, dim=-1).flatten(1)
+            hinge = F.relu(margin + dist[positives][:, None] - dist[negatives][None, :])
+            total = total + hinge.mean(dim=-1).sum()
+            count += int(positives.sum()) * int(negatives.sum())
+        return total if reduction == "sum" else total / max(count, 1)
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"triplet reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
 def supcon_loss(features: Tensor, labels: Tensor, temperature: float = 0.07) -> Tensor:

@@ -192,7 +192,7 @@ def _policy(path: Path) -> dict:
 @user_errors
 def run(
     raw_dir: Annotated[Path, typer.Option(help="Raw release: egd-cxr/ + mimic-cxr/.")],
-    preset: Annotated[str, typer.Option(help="paper | demo | ci")] = "demo",
+    preset: Annotated[str, typer.Option(help="paper | paper-exact | demo | ci")] = "demo",
     overrides: Overrides = None,
     data_rev: Annotated[
         str, typer.Option(help="Git revision (tag, sha) of the DVC-tracked --raw-dir to train on.")
@@ -220,6 +220,11 @@ def run(
 
     Example: cxrgaze run --raw-dir data/raw/synthetic --data-rev data-v1 --preset ci
     """
+    from components.pretrained import ensure_pretrained
+    from model_lib.presets import get_preset
+
+    # The steps run here: weights that cannot be had stop the run now, not after ingest.
+    ensure_pretrained(get_preset(preset, overrides or []).model)
     if data_rev != "workspace":
         from pipelines.data_versions import materialize, repo_root
 
@@ -376,7 +381,7 @@ def submit(
     host: Host,
     raw_dir: ClusterRawDir,
     image: Image = "",
-    preset: Annotated[str, typer.Option(help="paper | demo | ci")] = "demo",
+    preset: Annotated[str, typer.Option(help="paper | paper-exact | demo | ci")] = "demo",
     overrides: Overrides = None,
     data_rev: Annotated[str, typer.Option(help="Data revision label (DVC/git rev).")] = "workspace",
     tracking_uri: ClusterTrackingUri = "",
@@ -424,7 +429,7 @@ def schedule(
     ],
     name: Annotated[str, typer.Option(help="Recurring run name; reusing it replaces it.")],
     image: Image = "",
-    preset: Annotated[str, typer.Option(help="paper | demo | ci")] = "demo",
+    preset: Annotated[str, typer.Option(help="paper | paper-exact | demo | ci")] = "demo",
     overrides: Overrides = None,
     data_rev: Annotated[str, typer.Option(help="Data revision label (DVC/git rev).")] = "workspace",
     tracking_uri: ClusterTrackingUri = "",

@@ -108,6 +108,22 @@ class Intensity:
             np.subtract(np.float32(1.0), x, out=x)
         return x
 
+    def stored_values(self) -> StoredValues:
+        """The stored values as float32 with the unused bits cleared: pydicom's ``pixel_array``,
+        no rescale, window or inversion (the authors' input, divided by its max later)."""
+        return StoredValues(self.bits_allocated, self.bits_stored)
+
+
+@dataclass(frozen=True)
+class StoredValues:
+    """Stored values -> float32, unused high bits cleared (as pydicom's ``pixel_array``)."""
+
+    bits_allocated: int = 0
+    bits_stored: int = 0
+
+    def __call__(self, stored: np.ndarray) -> np.ndarray:
+        return clear_unused_bits(stored, self.bits_allocated, self.bits_stored).astype(np.float32)
+
 
 @dataclass(frozen=True)
 class RawImage:

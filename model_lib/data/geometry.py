@@ -12,6 +12,7 @@ Shapes are (height, width); points are (x, y) = (column, row).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from model_lib.data.schema import DISPLAY_CANVAS_WH, SCREEN_WH
 
 PAPER_CANVAS_HW: tuple[int, int] = (3200, 2560)
 PAPER_TARGET_HW: tuple[int, int] = (320, 256)
+
+Oversize = Literal["fit", "crop"]
+"""What happens to a side longer than the canvas: shrink the image to fit, or centre-crop it."""
 
 
 def display_pads(native_hw: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -88,9 +92,11 @@ def native_to_screen(
 class CanvasTransform:
     """Native image -> centred canvas -> target grid, and back.
 
-    An image larger than the canvas (a landscape 2544x3056 view in a 3200x2560 canvas) is first
-    scaled by ``fit`` (< 1, aspect kept); then it is centred with ``offset_y``/``offset_x`` pixels
-    of zero padding, and the canvas is sampled every ``stride_y``/``stride_x`` pixels.
+    An image larger than the canvas (a landscape 2544x3056 view in a 3200x2560 canvas) is either
+    scaled by ``fit`` (< 1, aspect kept) or, with ``oversize="crop"``, centre-cropped: its offset
+    is negative and the columns outside the canvas are dropped. Then it is centred with
+    ``offset_y``/``offset_x`` pixels of zero padding, and the canvas is sampled every
+    ``stride_y``/``stride_x`` pixels.
     Target pixel (i, j) samples canvas pixel (i * stride_y, j * stride_x).
     """
 
@@ -110,19 +116,22 @@ class CanvasTransform:
         native_hw: tuple[int, int],
         out_hw: tuple[int, int] = PAPER_TARGET_HW,
         pad_to: tuple[int, int] = PAPER_CANVAS_HW,
+        oversize: Oversize = "fit",
     ) -> CanvasTransform:
         h, w = native_hw
         if h <= 0 or w <= 0:
             raise ValueError(f"native size must be positive, got {native_hw}")
+        if oversize not in ("fit", "crop"):
+            raise ValueError(f"oversize must be 'fit' or 'crop', got {oversize!r}")
         canvas_h, canvas_w = pad_to
-        fit = min(1.0, canvas_h / h, canvas_w / w)
+        fit = min(1.0, canvas_h / h, canvas_w / w) if oversize == "fit" else 1.0
         fitted_h, fitted_w = fitted_shape(native_hw, fit)
         return cls(
             native_h=h,
             native_w=w,
             fit=fit,
-            offset_y=(canvas_h - fitted_h) // 2,
-            offset_x=(canvas_w - fitted_w) // 2,
+            offset_y=_centre_offset(canvas_h, fitted_h),
+            offset_x=_centre_offset(canvas_w, fitted_w),
             stride_y=canvas_h / out_hw[0],
             stride_x=canvas_w / out_hw[1],
             out_h=out_hw[0],
@@ -155,3 +164,12 @@ def fitted_shape(native_hw: tuple[int, int], fit: float) -> tuple[int, int]:
     if fit >= 1.0:
         return h, w
     return max(1, round(h * fit)), max(1, round(w * fit))
+
+
+def _centre_offset(canvas: int, size: int) -> int:
+    """Where a side of ``size`` starts in a centred canvas; negative when it is cropped.
+
+    ``int(d / 2)`` truncates toward zero, as the authors' ``F.pad`` arguments do: for an odd
+    overhang the extra pixel is cut on the far side, for an odd gap it is padded there.
+    """
+    return int((canvas - size) / 2)

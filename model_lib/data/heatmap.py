@@ -27,6 +27,7 @@ from model_lib.data.geometry import (
     PAPER_CANVAS_HW,
     PAPER_TARGET_HW,
     CanvasTransform,
+    Oversize,
     display_pads,
     even_shape,
 )
@@ -85,9 +86,13 @@ class _BandedBlur:
     out_n: int
     n_nodes: int
     blocks: tuple[tuple[slice, slice, np.ndarray], ...]
+    first_node: int = 0
+    """Target coordinate of node 0: negative when the image reaches past the canvas (crop)."""
 
     @classmethod
-    def from_dense(cls, matrix: np.ndarray, block_rows: int = 48) -> _BandedBlur:
+    def from_dense(
+        cls, matrix: np.ndarray, first_node: int = 0, block_rows: int = 48
+    ) -> _BandedBlur:
         blocks = []
         for start in range(0, matrix.shape[0], block_rows):
             rows = slice(start, min(start + block_rows, matrix.shape[0]))
@@ -97,7 +102,12 @@ class _BandedBlur:
                 block = np.ascontiguousarray(matrix[rows, nodes], dtype=np.float32)
                 block.setflags(write=False)  # shared through the cache
                 blocks.append((rows, nodes, block))
-        return cls(out_n=matrix.shape[0], n_nodes=matrix.shape[1], blocks=tuple(blocks))
+        return cls(
+            out_n=matrix.shape[0],
+            n_nodes=matrix.shape[1],
+            blocks=tuple(blocks),
+            first_node=first_node,
+        )
 
     def along_rows(self, a: np.ndarray) -> np.ndarray:
         """``matrix @ a``: (n_nodes, k) -> (out_n, k)."""
@@ -120,24 +130,31 @@ def _blur_matrices(
 ) -> tuple[_BandedBlur, _BandedBlur]:
     """Blur matrices of the y axis (out_h, nodes_y) and the x axis (out_w, nodes_x).
 
-    Node k of an axis is target coordinate k. A target pixel's row is the reflected Gaussian
+    Node k of an axis is target coordinate ``first_node + k``: from 0, or from below 0 where a
+    cropped image starts before the canvas. A target pixel's row is the reflected Gaussian
     response at the native pixels the image takes for that target pixel, weighted as the image
     weights them (``preprocess.canvas_plans``: the fit's area resize, the subsampling or block
     means, zero over padding), so map and image share one geometry. Cached: a dataset has only
     a few image sizes.
     """
     t = transform
+    min_x, min_y = t.native_to_target(0, 0)
     max_x, max_y = t.native_to_target(t.native_w - 1, t.native_h - 1)
+    first_x, first_y = min(0, math.floor(min_x)), min(0, math.floor(min_y))
     node_x, node_y = t.target_to_native(
-        np.arange(math.floor(max_x) + 2), np.arange(math.floor(max_y) + 2)
+        np.arange(first_x, math.floor(max_x) + 2), np.arange(first_y, math.floor(max_y) + 2)
     )
     row_plan, col_plan = canvas_plans(t, resample)
     matrices = []
-    for plan, n, nodes in ((row_plan, t.native_h, node_y), (col_plan, t.native_w, node_x)):
+    for plan, n, nodes, first in (
+        (row_plan, t.native_h, node_y, first_y),
+        (col_plan, t.native_w, node_x, first_x),
+    ):
         positions = plan.index.ravel().astype(np.float64)
         response = _reflected_gaussian(positions, nodes, n, sigma_px, radius)
         response = response.reshape(*plan.index.shape, nodes.size)
-        matrices.append(_BandedBlur.from_dense(np.einsum("ok,okn->on", plan.weight, response)))
+        dense = np.einsum("ok,okn->on", plan.weight, response)
+        matrices.append(_BandedBlur.from_dense(dense, first_node=first))
     return matrices[0], matrices[1]
 
 
@@ -171,6 +188,7 @@ def gaze_heatmap(
     pad_to: tuple[int, int] = PAPER_CANVAS_HW,
     *,
     resample: Resample = "subsample",
+    oversize: Oversize = "fit",
 ) -> np.ndarray:
     """Gaussian-blurred gaze map on the target grid, max-normalised: float32 (out_h, out_w).
 
@@ -189,6 +207,8 @@ def gaze_heatmap(
         pad_to: canvas size (height, width) the image is fitted and centred into.
         resample: how the canvas becomes the target grid, exactly as for the image
             (``preprocess.canvas_plans``): 'subsample' (the paper) or 'area' (block means).
+        oversize: a side longer than the canvas is shrunk ('fit') or centre-cropped ('crop'),
+            as for the image; gaze in a cropped-off strip still blurs into the kept part.
 
     Raises:
         ValueError: bad shapes, NaN or infinite coordinates or weights, negative weights, a
@@ -209,10 +229,12 @@ def gaze_heatmap(
     w = weight[inside] * np.where((x == 0) | (x == width - 1), 0.5, 1.0)
     w *= np.where((y == 0) | (y == height - 1), 0.5, 1.0)
 
-    t = CanvasTransform.build(native_hw, out_hw, pad_to)
+    t = CanvasTransform.build(native_hw, out_hw, pad_to, oversize=oversize)
     blur_y, blur_x = _blur_matrices(t, float(sigma_px), kernel_radius(sigma_px), resample)
     tx, ty = t.native_to_target(x, y)
-    col, row = np.floor(tx).astype(np.int64), np.floor(ty).astype(np.int64)
+    col = np.floor(tx).astype(np.int64) - blur_x.first_node
+    row = np.floor(ty).astype(np.int64) - blur_y.first_node
+    tx, ty = tx - blur_x.first_node, ty - blur_y.first_node
     fx, fy = tx - col, ty - row
     n_rows, n_cols = blur_y.n_nodes, blur_x.n_nodes
     flat = np.concatenate([row * n_cols + col + k for k in (0, 1, n_cols, n_cols + 1)])
@@ -299,4 +321,5 @@ def heatmap_for_events(
         weights=weights,
         pad_to=geometry.pad_to,
         resample=geometry.resample,
+        oversize=geometry.oversize,
     )

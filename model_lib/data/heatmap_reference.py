@@ -1,4 +1,8 @@
-"""The paper's gaze-map recipe at native resolution: the slow reference for tests and benchmarks.
+"""The gaze-map recipe at native resolution: the slow reference for tests and benchmarks.
+
+With ``oversize="crop"`` it is the authors' map (their negative ``F.pad`` crops a landscape
+image); with the default ``"fit"`` it is this project's variant, which shrinks such an image
+into the canvas instead. Portrait images (the common case) get the same map either way.
 
 Training uses ``model_lib.data.heatmap.gaze_heatmap``, which computes the same map on the target
 grid about a thousand times faster.
@@ -10,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 
-from model_lib.data.geometry import PAPER_CANVAS_HW, PAPER_TARGET_HW, CanvasTransform
+from model_lib.data.geometry import PAPER_CANVAS_HW, PAPER_TARGET_HW, CanvasTransform, Oversize
 
 
 def _canvas_to_target(canvas: np.ndarray, out_hw: tuple[int, int], resample: str) -> np.ndarray:
@@ -41,13 +45,15 @@ def native_heatmap(
     ksize: int = 501,
     weights: np.ndarray | None = None,
     resample: Literal["subsample", "area"] = "subsample",
+    oversize: Oversize = "fit",
 ) -> np.ndarray:
-    """The authors' map, computed at native size: float32 (out_h, out_w). Slow (about 1 s).
+    """The map computed at native size: float32 (out_h, out_w). Slow (about 1 s).
 
     Counts the points inside the image at their native pixels (optionally weighted), blurs with
     ``cv2.GaussianBlur(counts, (ksize, ksize), 0)`` (automatic sigma, 75.5 px for 501; default
     reflect-101 border), divides by the max, fits the map into the canvas with an INTER_AREA
-    resize when it is too large, centres it with zero padding and takes every stride-th pixel
+    resize when it is too large (``oversize="crop"``: centre-crops it instead), centres it
+    with zero padding and takes every stride-th pixel
     (rounded for fractional strides; 'area': the mean of each stride block instead). The max
     of the result may be a little below 1 because the peak need not fall on a sampled pixel.
 
@@ -62,7 +68,7 @@ def native_heatmap(
     """
     import cv2
 
-    t = CanvasTransform.build(native_hw, out_hw, pad_to)
+    t = CanvasTransform.build(native_hw, out_hw, pad_to, oversize=oversize)
     h, w = native_hw
     pts = np.asarray(points_xy, dtype=np.float64)
     wts = np.ones(len(pts)) if weights is None else np.asarray(weights, dtype=np.float64)
@@ -76,5 +82,15 @@ def native_heatmap(
     if t.fit < 1.0:
         heat = cv2.resize(heat, (fitted_w, fitted_h), interpolation=cv2.INTER_AREA)
     canvas = np.zeros(pad_to, dtype=np.float32)
-    canvas[t.offset_y : t.offset_y + fitted_h, t.offset_x : t.offset_x + fitted_w] = heat
+    (dst_y, src_y), (dst_x, src_x) = (
+        _placement(t.offset_y, fitted_h, pad_to[0]),
+        _placement(t.offset_x, fitted_w, pad_to[1]),
+    )
+    canvas[dst_y, dst_x] = heat[src_y, src_x]
     return _canvas_to_target(canvas, out_hw, resample).astype(np.float32)
+
+
+def _placement(offset: int, size: int, canvas: int) -> tuple[slice, slice]:
+    """(canvas slice, map slice) of a side of ``size`` placed at ``offset`` (negative: cropped)."""
+    start, stop = max(offset, 0), min(offset + size, canvas)
+    return slice(start, stop), slice(start - offset, stop - offset)

@@ -131,22 +131,31 @@ def to_target(
     return _divide_by_max(apply_plans(pixels, rows, cols))
 
 
+def geometry_transform(native_hw: tuple[int, int], geometry: GeometryConfig) -> CanvasTransform:
+    """The canvas transform ``geometry`` gives an image of ``native_hw``."""
+    return CanvasTransform.build(
+        native_hw, geometry.target_hw, geometry.pad_to, oversize=geometry.oversize
+    )
+
+
 def preprocess_image(
     path: str | Path, geometry: GeometryConfig
 ) -> tuple[np.ndarray, CanvasTransform, Header]:
     """Read an image and bring it to ``geometry``: (target (out_h, out_w), transform, header).
 
     The transform maps gaze points the same way and outputs back to native pixels. The result
-    equals ``to_target(read_image(path).pixels, transform, geometry.resample)``, but only the
-    native pixels the plans use are decoded to intensities.
+    equals ``to_target(read_image(path).pixels, transform, geometry.resample)`` (for
+    ``geometry.intensity == "raw"``, of the stored values instead of the windowed pixels), but
+    only the native pixels the plans use are decoded to intensities.
     """
     raw = read_raw(path)
-    transform = CanvasTransform.build(raw.native_hw, geometry.target_hw, geometry.pad_to)
+    transform = geometry_transform(raw.native_hw, geometry)
     rows, cols = canvas_plans(transform, geometry.resample)
     used_rows, used_cols = rows.used(), cols.used()
     stored = _take(_take(raw.stored, used_rows, axis=0), used_cols, axis=1)
+    intensity = raw.intensity if geometry.intensity == "window" else raw.intensity.stored_values()
     partial = apply_plans(
-        raw.intensity(stored), rows.relative_to(used_rows), cols.relative_to(used_cols)
+        intensity(stored), rows.relative_to(used_rows), cols.relative_to(used_cols)
     )
     return _divide_by_max(partial), transform, raw.header
 

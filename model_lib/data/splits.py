@@ -1,8 +1,9 @@
-"""Patient-grouped, class-stratified train/val/test split of the EGD-CXR master sheet.
+"""Class-stratified train/val/test split of the EGD-CXR master sheet.
 
 EGD-CXR ships no split (datasets.md 1.9). The paper stratifies 70/10/20 by class with seed 0;
-a few patients have several images, so patients, not images, are assigned: no patient spans two
-splits. A patient's stratum is the class of their first image in file order.
+a few patients have several images, so by default patients, not images, are assigned: no patient
+spans two splits. A patient's stratum is the class of their first image in file order. The
+authors' own assignment (``SplitConfig.method="authors"``) is a round robin over images.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from model_lib.config import SplitConfig
 from model_lib.data.errors import DataError
@@ -60,6 +62,8 @@ def assign_splits(
     :func:`split_counts`. Deterministic for a seed; the result follows master's row order.
     """
     labels = _labels(master, source)
+    if cfg.method == "authors":
+        return authors_splits(master["dicom_id"], labels, cfg.seed)
     first = pd.DataFrame(
         {"patient_id": master["patient_id"].to_numpy(), "label": labels}
     ).drop_duplicates("patient_id", keep="first")
@@ -74,6 +78,23 @@ def assign_splits(
             split_of.update(dict.fromkeys(patients[lo:hi].tolist(), name))
     splits = [split_of[p] for p in master["patient_id"].tolist()]
     return pd.Series(splits, index=pd.Index(master["dicom_id"], name="dicom_id"), name="split")
+
+
+def authors_splits(dicom_ids: pd.Series, labels: np.ndarray, seed: int) -> pd.Series:
+    """The authors' assignment (``save_all`` in their ``Data/hzhu_data_raw.py``).
+
+    Images are visited in ``torch.randperm(n)`` order under ``manual_seed(seed)`` (what their
+    ``random_split(range(n), [n, 0])`` draws); the k-th image of a class (k from 1) goes to test
+    when ``k % 10`` is 0 or 1, to val when it is 2, else to train. Patients may span splits.
+    """
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).tolist()
+    seen = np.zeros(len(LABEL_COLUMNS), dtype=np.int64)
+    splits = np.empty(len(labels), dtype=object)
+    for i in order:
+        seen[labels[i]] += 1
+        turn = seen[labels[i]] % 10
+        splits[i] = "test" if turn <= 1 else "val" if turn == 2 else "train"
+    return pd.Series(splits, index=pd.Index(dicom_ids, name="dicom_id"), name="split")
 
 
 def _labels(master: pd.DataFrame, source: str | Path) -> np.ndarray:

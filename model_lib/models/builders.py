@@ -1,27 +1,32 @@
 """Public builders: one keyword-only function per architecture, and ``build_model`` from a config.
 
-Constructors do no I/O; ``build_model`` is where pretrained DenseNet weights come in, from a local
-file only.
+Constructors do no I/O; ``build_model`` is where pretrained DenseNet weights come in, from the
+source the config names (torchvision's ImageNet file through torch.hub's cache by default; see
+:mod:`model_lib.models.pretrained`).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from torch import nn
 
-from model_lib.config import ModelConfig
+from model_lib.config import DENSENET_ARCHS, ModelConfig
 from model_lib.models.decoder import UNetDecoder
 from model_lib.models.encoders import (
     UNET_CHANNELS,
     DenseNetEncoder,
     DenseNetVariant,
+    InputNorm,
     PlainUNetEncoder,
     ResSEEncoder,
 )
 from model_lib.models.heads import DenseNetHead, FusionClassifier, SaliencyHead
 from model_lib.models.networks import ClassifierName, DualEncoderUNet, MTUNet
-from model_lib.models.weights import load_pretrained_densenet
+from model_lib.models.weights import describe_init, load_pretrained_densenet
+
+logger = logging.getLogger(__name__)
 
 MODEL_PRESETS: dict[str, ModelConfig] = {"paper": ModelConfig()}
 """Named model configurations; ``paper`` is the paper's network at 320 x 256."""
@@ -40,8 +45,9 @@ def _dual(
     num_classes: int,
     dropout: float,
     classifier: ClassifierName,
+    input_norm: InputNorm,
 ) -> DualEncoderUNet:
-    densenet = DenseNetEncoder(backbone)
+    densenet = DenseNetEncoder(backbone, input_norm=input_norm)
     decoder = UNetDecoder(encoder.out_channels, densenet.out_channels[-1])
     return DualEncoderUNet(
         densenet=densenet,
@@ -78,10 +84,11 @@ def dual_unet(
     dropout: float = 0.25,
     se_reduction: int = 16,
     classifier: ClassifierName = "fusion",
+    input_norm: InputNorm = "imagenet",
 ) -> DualEncoderUNet:
     """The paper's network: DenseNet + Res+SE encoders, randomly initialised."""
     encoder = ResSEEncoder(1, scaled_channels(width), se_reduction)
-    return _dual(encoder, backbone, num_classes, dropout, classifier)
+    return _dual(encoder, backbone, num_classes, dropout, classifier, input_norm)
 
 
 def plain_unet(
@@ -91,11 +98,11 @@ def plain_unet(
     num_classes: int = 3,
     dropout: float = 0.25,
     classifier: ClassifierName = "fusion",
+    input_norm: InputNorm = "imagenet",
 ) -> DualEncoderUNet:
     """Ablation: the paper's network with a plain UNet encoder in place of the Res+SE one."""
-    return _dual(
-        PlainUNetEncoder(1, scaled_channels(width)), backbone, num_classes, dropout, classifier
-    )
+    encoder = PlainUNetEncoder(1, scaled_channels(width))
+    return _dual(encoder, backbone, num_classes, dropout, classifier, input_norm)
 
 
 def res_se_unet(
@@ -118,6 +125,7 @@ _BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
         dropout=c.dropout,
         se_reduction=c.se_reduction,
         classifier=c.classifier,
+        input_norm=c.input_norm,
     ),
     "plain_unet": lambda c: plain_unet(
         backbone=c.backbone,
@@ -125,6 +133,7 @@ _BUILDERS: dict[str, Callable[[ModelConfig], nn.Module]] = {
         num_classes=c.num_classes,
         dropout=c.dropout,
         classifier=c.classifier,
+        input_norm=c.input_norm,
     ),
     "res_se_unet": lambda c: res_se_unet(
         width=c.width, num_classes=c.num_classes, dropout=c.dropout, se_reduction=c.se_reduction
@@ -142,14 +151,26 @@ def resolve_model_config(config: ModelConfig | str) -> ModelConfig:
     return MODEL_PRESETS[config]
 
 
-def build_model(config: ModelConfig | str) -> nn.Module:
+def build_model(config: ModelConfig | str, *, pretrained: bool = True) -> nn.Module:
     """The network a config (or preset name) describes, on CPU, in train mode.
 
-    DenseNet weights are loaded from ``config.pretrained_weights`` when set (a local file;
-    FileNotFoundError if it is missing), else everything is randomly initialised.
+    With ``pretrained`` (the default), the DenseNet branch starts from
+    ``config.pretrained_weights`` (``imagenet``: torchvision's ImageNet file, from torch.hub's
+    cache or downloaded there; or a local path or URI), hash-checked; null is random
+    initialisation, which is logged as such. Pass ``pretrained=False`` to get the architecture
+    only, when trained weights are loaded next (evaluation, serving, a later stage).
+
+    Raises:
+        WeightsUnavailable (a FileNotFoundError): the weights are neither on this machine nor
+            reachable; the one-line message says how to get them.
+        ValueError: a weights file with the wrong hash or of another variant (names the file).
     """
     cfg = resolve_model_config(config)
     model = _BUILDERS[cfg.arch](cfg)
-    if cfg.pretrained_weights is not None:
-        load_pretrained_densenet(model.densenet, cfg.pretrained_weights)
+    if pretrained and cfg.arch in DENSENET_ARCHS:
+        if cfg.pretrained_weights is None:
+            logger.info("%s: %s (model.pretrained_weights is null)", cfg.backbone,
+                        describe_init(cfg))  # fmt: skip
+        else:
+            load_pretrained_densenet(model.densenet, cfg.pretrained_weights)
     return model

@@ -19,6 +19,7 @@ from torchvision.models import densenet121, densenet201
 from model_lib.models.layers import ResidualBlock, SEBlock, double_conv
 
 DenseNetVariant = Literal["densenet121", "densenet201"]
+InputNorm = Literal["imagenet", "none"]
 
 UNET_CHANNELS: tuple[int, ...] = (64, 128, 256, 512, 1024)
 """Stage widths of the paper's Res+SE encoder and of the plain UNet encoder at width 1."""
@@ -42,9 +43,11 @@ _DENSENET_STAGES: tuple[str, ...] = (
 class DenseNetEncoder(nn.Module):
     """A torchvision DenseNet's ``features``, read at the end of each dense block.
 
-    Input (B, 1, H, W) in [0, 1]; the grey channel is repeated to RGB and ImageNet-normalised here
-    so callers feed every branch the same tensor. Output: 5 maps, ``relu0`` (/2) then
-    ``denseblock1..4`` (/4 .. /32); the last one (DenseNet201: 1920 ch) is the decoder bottleneck.
+    Input (B, 1, H, W) in [0, 1]; the grey channel is repeated to RGB and, with
+    ``input_norm="imagenet"``, normalised with ImageNet's mean/std here, so callers feed every
+    branch the same tensor (``"none"``: repeated as it is, as the authors do). Output: 5 maps,
+    ``relu0`` (/2) then ``denseblock1..4`` (/4 .. /32); the last one (DenseNet201: 1920 ch) is
+    the decoder bottleneck.
     :meth:`head_features` gives the classifiers what torchvision's ``DenseNet.forward`` gives its
     own: ``relu(norm5)`` (norm5 is the batch norm after denseblock4).
 
@@ -52,13 +55,18 @@ class DenseNetEncoder(nn.Module):
     (see ``model_lib.models.weights``). Weights start random: the builder loads a local file.
     """
 
-    def __init__(self, variant: DenseNetVariant = "densenet201") -> None:
+    def __init__(
+        self, variant: DenseNetVariant = "densenet201", input_norm: InputNorm = "imagenet"
+    ) -> None:
         super().__init__()
         if variant not in _DENSENETS:
             raise ValueError(
                 f"unknown DenseNet variant {variant!r}; expected one of {sorted(_DENSENETS)}"
             )
+        if input_norm not in ("imagenet", "none"):
+            raise ValueError(f"input_norm must be 'imagenet' or 'none', got {input_norm!r}")
         self.variant = variant
+        self.input_norm = input_norm
         self.features: nn.Sequential = _DENSENETS[variant](weights=None).features
         # Not persistent: a state dict holds learned weights only, so torchvision's keys match.
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -76,7 +84,9 @@ class DenseNetEncoder(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """(B, 1, H, W) in [0, 1] -> 5 maps (B, out_channels[i], ~H/r, ~W/r), r in reductions."""
-        h = (x.expand(-1, 3, -1, -1) - self.mean) / self.std
+        h = x.expand(-1, 3, -1, -1)
+        if self.input_norm == "imagenet":
+            h = (h - self.mean) / self.std
         stages = []
         for name, module in self.features.named_children():
             if name == "norm5":

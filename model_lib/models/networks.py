@@ -76,13 +76,16 @@ class DualEncoderUNet(nn.Module):
     def forward_densenet(self, x: Tensor) -> dict[str, Tensor]:
         """The DenseNet branch alone (stages 1a/1b, Grad-CAM), skipping the full-resolution UNet.
 
-        (B, 1, H, W) -> ``densenet_logits`` (B, num_classes), ``embedding`` (B, num_features).
+        (B, 1, H, W) -> ``densenet_logits`` (B, num_classes), ``embedding`` (B, num_features),
+        ``denseblock4`` (B, num_features, H/32, W/32): the map ``embedding`` pools, which the
+        authors' triplet loss compares directly.
         """
         _check_input(x, self.densenet.reductions[-1])
         deepest = self.densenet(x)[-1]
         return {
             "densenet_logits": self.densenet_head(self.densenet.head_features(deepest)),
             "embedding": deepest.mean(dim=(2, 3)),
+            "denseblock4": deepest,
         }
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:

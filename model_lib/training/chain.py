@@ -20,11 +20,12 @@ LoaderFactory = Callable[[StageSpec], tuple[Loader, Loader]]
 
 def split_loaders(train: SplitArrays, val: SplitArrays, *, seed: int = 0) -> LoaderFactory:
     """Loaders over two splits at each stage's batch size; training batches are shuffled
-    reproducibly (epoch e draws with ``seed + e``), validation ones come in split order."""
+    reproducibly (epoch e draws with ``seed + e``) unless the stage says not to, validation
+    ones come in split order."""
 
     def make(spec: StageSpec) -> tuple[Loader, Loader]:
         return (
-            BatchLoader(train, spec.batch_size, shuffle=True, seed=seed),
+            BatchLoader(train, spec.batch_size, shuffle=spec.shuffle, seed=seed),
             BatchLoader(val, spec.batch_size),
         )
 

@@ -50,7 +50,12 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from model_lib.training.stages import StageSpec, stage_loss, stage_outputs
+from model_lib.training.stages import (
+    StageSpec,
+    contrastive_features,
+    stage_loss,
+    stage_outputs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -330,7 +335,8 @@ class _StageForward(nn.Module):
         if self.spec.loss in GATHERED_LOSSES:
             # The loss of the whole global batch on every rank; gather_rows' backward sums the
             # world_size identical copies of its gradient, and DDP's average divides them out.
-            outputs = {"embedding": gather_rows(outputs["embedding"].float(), counts)}
+            key = contrastive_features(self.spec)
+            outputs = {key: gather_rows(outputs[key].float(), counts)}
             labels = gather_rows(targets["label"].to(_collective_device()), counts)
             targets = {"label": labels.to(images.device)}
             loss = stage_loss(self.spec, outputs, targets, self.stage_module)

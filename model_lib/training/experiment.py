@@ -189,11 +189,15 @@ def _prepared(
     store_dir: Path,
     maps_dir: Path,
     workdir: Path,
+    *,
+    pretrained: bool = True,
     **fit_options: Any,
 ) -> Iterator[tuple[nn.Module, Callable[[StageSpec], FitResult]]]:
     """Checked inputs, the config recorded in ``workdir``, ``cfg.num_threads`` torch threads for
-    the block, the seeded network, and a function that fits it for one stage on the train split
-    (selecting on val), checkpointing under ``workdir`` (``fit_options`` go to ``fit_stage``)."""
+    the block, the seeded network (its DenseNet from the config's pretrained weights unless
+    ``pretrained`` is False: the caller loads trained weights), and a function that fits it for
+    one stage on the train split (selecting on val), checkpointing under ``workdir``
+    (``fit_options`` go to ``fit_stage``)."""
     _check_inputs(cfg, store_dir, maps_dir)
     _record_config(cfg, workdir)
     threads = torch.get_num_threads()
@@ -201,7 +205,7 @@ def _prepared(
         torch.set_num_threads(cfg.num_threads)
     try:
         seed_everything(cfg.seed)
-        model = build_model(cfg.model)
+        model = build_model(cfg.model, pretrained=pretrained)
         loaders = split_loaders(
             open_split(store_dir, maps_dir, "train"),
             open_split(store_dir, maps_dir, "val"),
@@ -232,7 +236,7 @@ def train_experiment(
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     device: torch.device | str = "cpu",
-    precision: PrecisionName = "auto",
+    precision: PrecisionName | None = None,
 ) -> ExperimentResult:
     """Train every enabled stage of ``cfg`` on the store's train split, selecting on val.
 
@@ -251,7 +255,7 @@ def train_experiment(
     if not stages:
         raise ValueError("the experiment enables no stage")
     options = {"device": device, "callbacks": callbacks, "progress": progress,
-               "precision": precision}  # fmt: skip
+               "precision": precision or cfg.precision}  # fmt: skip
     with _prepared(cfg, store_dir, maps_dir, workdir, **options) as (model, fit):
         results: dict[str, FitResult] = {}
         seconds: dict[str, float] = {}
@@ -289,7 +293,7 @@ def train_stage(
     callbacks: Sequence[Callback] = (),
     progress: bool = True,
     device: torch.device | str = "cpu",
-    precision: PrecisionName = "auto",
+    precision: PrecisionName | None = None,
 ) -> StageOutcome:
     """Train the one stage ``stage`` of ``cfg``, as a pipeline step does: from the weights a
     previous step wrote (``init_weights``) or, for the first stage, from the seeded
@@ -315,8 +319,13 @@ def train_stage(
         save_checkpoint(weights_out, {"model": load_checkpoint(init_weights)["model"]})
         return StageOutcome(fit=None, weights=weights_out, seconds=time.perf_counter() - start)
     options = {"device": device, "callbacks": callbacks, "progress": progress,
-               "precision": precision}  # fmt: skip
-    with _prepared(cfg, store_dir, maps_dir, workdir, **options) as (model, fit_one):
+               "precision": precision or cfg.precision}  # fmt: skip
+    # Only the first stage starts from the pretrained DenseNet; a later one loads its weights.
+    pretrained = init_weights is None
+    with _prepared(cfg, store_dir, maps_dir, workdir, pretrained=pretrained, **options) as (
+        model,
+        fit_one,
+    ):
         if init_weights is not None:
             load_model_weights(model, Path(init_weights))
         fit = fit_one(spec)
@@ -392,11 +401,12 @@ def evaluate_experiment(
     store_dir: Path,
     maps_dir: Path,
     *,
-    split: str = "test",
+    split: str | None = None,
     device: torch.device | str = "cpu",
     batch_size: int = 32,
 ) -> EvaluationResult:
-    """Score ``model`` on a split of the store, next to the center prior of the training maps.
+    """Score ``model`` on a split of the store (None: ``cfg.evaluation_split``), next to the
+    center prior of the training maps.
 
     The ground truth is the split's gaze maps; NSS and AUC-Judd use :func:`fixation_maps` of the
     configured heatmap source. The center prior (:class:`CenterPriorBaseline`) is fit on the
@@ -408,6 +418,7 @@ def evaluate_experiment(
     """
     store_dir, maps_dir = Path(store_dir), Path(maps_dir)
     _check_inputs(cfg, store_dir, maps_dir)
+    split = split or cfg.evaluation_split
     data = open_split(store_dir, maps_dir, split)
     loader = BatchLoader(data, batch_size)
     train = open_split(store_dir, maps_dir, "train")

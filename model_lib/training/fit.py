@@ -142,10 +142,12 @@ class _StageRun:
         return loss, loss
 
     def train_mode(self) -> None:
-        """Train mode, except the frozen parts: their batch-norm statistics must not move."""
+        """Train mode, except the frozen parts, whose batch-norm statistics stay fixed unless
+        the stage asks for the authors' ``frozen_batchnorm="train"``."""
         self.model.train()
-        for module in self.frozen:
-            module.eval()
+        if self.spec.frozen_batchnorm == "eval":
+            for module in self.frozen:
+                module.eval()
         if self.stage_module is not None:
             self.stage_module.train()
 

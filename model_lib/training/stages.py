@@ -17,6 +17,7 @@ from model_lib.losses import (
     ProjectionHead,
     UncertaintyWeightedLoss,
     classification_ce,
+    feature_map_triplet_loss,
     saliency_kl,
     supcon_loss,
     supervised_triplet_loss,
@@ -68,7 +69,27 @@ class StageSpec(BaseModel):
         "enough for the DenseNet stages and much cheaper than the whole UNet",
     )
     enabled: bool = True
+    shuffle: bool = Field(
+        True,
+        description="draw training batches in a new order each epoch; the authors' final stage "
+        "(Module/) keeps file order",
+    )
+    frozen_batchnorm: Literal["eval", "train"] = Field(
+        "eval",
+        description="batch norms of the parts the stage does not train: 'eval' keeps their "
+        "statistics fixed; 'train' normalises with batch statistics and updates the running "
+        "ones, as the authors' net.train() does",
+    )
     triplet_margin: float = Field(1.0, gt=0)
+    triplet_features: Literal["pooled", "map"] = Field(
+        "pooled",
+        description="'pooled': one Euclidean distance between the GAP vectors of denseblock4; "
+        "'map': the authors' TripletMarginLoss on the 4-D denseblock4 maps (a distance per "
+        "channel and row, along the width axis, hinge averaged over them)",
+    )
+    triplet_reduction: Literal["mean", "sum"] = Field(
+        "mean", description="over the batch's triplets: the mean, or the authors' sum"
+    )
     supcon_temperature: float = Field(0.07, gt=0)
     projection_dim: int = Field(128, ge=1, description="SupCon projection head output size")
 
@@ -89,6 +110,11 @@ class StageSpec(BaseModel):
         ):
             raise ValueError(
                 f"stage {self.name}: branch 'densenet' has no {self.head or self.loss} output"
+            )
+        if self.triplet_features == "map" and self.branch != "densenet":
+            raise ValueError(
+                f"stage {self.name}: triplet_features 'map' reads the denseblock4 map, which "
+                "only branch 'densenet' returns"
             )
         return self
 
@@ -185,6 +211,13 @@ def make_stage_module(spec: StageSpec, model: nn.Module) -> nn.Module | None:
     return None
 
 
+def contrastive_features(spec: StageSpec) -> str:
+    """The output a contrastive stage's loss reads (what distributed training gathers)."""
+    return (
+        "denseblock4" if spec.loss == "triplet" and spec.triplet_features == "map" else "embedding"
+    )
+
+
 def stage_outputs(model: nn.Module, spec: StageSpec, images: Tensor) -> dict[str, Tensor]:
     """The forward pass a stage needs: (B, 1, H, W) -> the model's dict of named outputs."""
     if spec.branch == "densenet":
@@ -202,14 +235,21 @@ def stage_loss(
 
     Args:
         spec: the stage.
-        outputs: the model's outputs (``embedding`` (B, D), ``densenet_logits`` /
+        outputs: the model's outputs (``embedding`` (B, D), ``denseblock4`` (B, D, h, w),
+            ``densenet_logits`` /
             ``fusion_logits`` (B, C), ``saliency`` (B, 1, H, W) log-probabilities).
         batch: ``label`` (B,) and ``saliency`` (B, 1, H, W) targets on the outputs' device.
         stage_module: what :func:`make_stage_module` made for the stage.
     """
     labels = batch["label"]
     if spec.loss == "triplet":
-        return supervised_triplet_loss(outputs["embedding"], labels, spec.triplet_margin)
+        if spec.triplet_features == "map":
+            return feature_map_triplet_loss(
+                outputs["denseblock4"], labels, spec.triplet_margin, spec.triplet_reduction
+            )
+        return supervised_triplet_loss(
+            outputs["embedding"], labels, spec.triplet_margin, spec.triplet_reduction
+        )
     if spec.loss == "supcon":
         return supcon_loss(stage_module(outputs["embedding"]), labels, spec.supcon_temperature)
     if spec.loss in _HEAD_OF_LOSS:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -91,7 +94,7 @@ def test_bad_overrides_are_refused(override: str, message: str) -> None:
 
 def test_unknown_preset() -> None:
     with pytest.raises(
-        ValueError, match=r"unknown preset 'papr'; known: \['ci', 'demo', 'paper'\]"
+        ValueError, match=r"unknown preset 'papr'; known: \['ci', 'demo', 'paper', 'paper-exact'\]"
     ):
         get_preset("papr")
 
@@ -106,3 +109,44 @@ def test_config_level_checks() -> None:
     with pytest.raises(ValidationError, match="frozen"):
         get_preset("ci").seed = 3  # type: ignore[misc]
     assert apply_overrides(get_preset("ci"), []) == get_preset("ci")
+
+
+def _flat(tree: object, prefix: str = "") -> dict[str, object]:
+    """Dotted keys of a config dump; stages are addressed by name, as overrides address them."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    if isinstance(tree, list) and tree and all(isinstance(s, dict) and "name" in s for s in tree):
+        return {k: v for s in tree for k, v in _flat(s, f"{prefix}{s['name']}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def _readme_switches() -> dict[str, str]:
+    """The deviations table of the README: {switch key (``<name>`` kept): authors' value}."""
+    text = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Where cxr-gaze differs from the authors' code", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    switches: dict[str, str] = {}
+    for row in section.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) != 5 or cells[0] in ("concept", "---"):
+            continue
+        for key, value in re.findall(r"`([\w.<>]+)` \(`([^`]+)`", cells[3]):
+            switches[key] = value
+    return switches
+
+
+def test_readme_table_names_every_way_paper_exact_differs_from_paper() -> None:
+    """Each field where the authors' preset differs is a row of the README table, and the table
+    gives the authors' value; each switch in the table is a real config key."""
+    paper, exact = (_flat(get_preset(n).model_dump(mode="json")) for n in ("paper", "paper-exact"))
+    differing = {key: exact[key] for key in paper if paper[key] != exact[key]}
+    switches = _readme_switches()
+    assert len(switches) >= 10
+    for key, value in differing.items():
+        generic = re.sub(r"^stages\.[^.]+\.", "stages.<name>.", key)
+        assert key in switches or generic in switches, f"README table lacks {key}"
+        if key in switches:
+            assert switches[key] == str(value).lower(), key
+    for key in switches:
+        concrete = key.replace("<name>", "s3j")
+        assert concrete in paper, f"README names {key}, which is no config key"

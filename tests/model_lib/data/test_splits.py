@@ -146,3 +146,40 @@ def test_bad_sheet_names_the_record_and_field(case: str) -> None:
         assign_splits(corrupt(master_sheet(12)), SplitConfig(), source="sheet.csv")
     assert info.value.file == "sheet.csv" and info.value.row == row
     assert info.value.field is not None and info.value.field.startswith(field)
+
+
+def authors_assignment(master: pd.DataFrame, seed: int = 0) -> dict[str, str]:
+    """Their ``save_all``: ``random_split(range(n), [n, 0])`` under ``manual_seed(seed)``, then
+    per class ``counter % 10``: 0-1 test, 2 valid, else train."""
+    import torch
+
+    order, _ = torch.utils.data.random_split(
+        range(len(master)), [len(master), 0], generator=torch.Generator().manual_seed(seed)
+    )
+    counter = dict.fromkeys(range(3), 0)
+    out = {}
+    for i in order:
+        row = master.iloc[i]
+        y = [int(row[c]) for c in LABEL_COLUMNS].index(1)
+        counter[y] += 1
+        select = counter[y] % 10
+        out[row["dicom_id"]] = "test" if select <= 1 else "val" if select == 2 else "train"
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_authors_method_is_their_round_robin(seed: int) -> None:
+    master = master_sheet(157, seed=seed)
+    ours = assign_splits(master, SplitConfig(method="authors", seed=seed))
+    assert ours.to_dict() == authors_assignment(master, seed)
+    assert list(ours.index) == master["dicom_id"].tolist()
+    counts = ours.value_counts()
+    assert abs(counts["train"] / len(master) - 0.7) < 0.05
+    # Images, not patients: with repeated patients some span two splits.
+    spans = master.assign(split=ours.to_numpy()).groupby("patient_id")["split"].nunique()
+    assert (spans > 1).any()
+
+
+def test_authors_method_has_fixed_fractions() -> None:
+    with pytest.raises(ValueError, match="method 'patients'"):
+        SplitConfig(method="authors", fractions=(0.8, 0.1, 0.1))

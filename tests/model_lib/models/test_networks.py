@@ -144,9 +144,10 @@ def test_forward_densenet_matches_the_full_forward(models: dict[str, nn.Module])
     x = _batch((72, 56))
     with torch.no_grad():
         full, branch = model(x), model.forward_densenet(x)
-    assert set(branch) == {"densenet_logits", "embedding"}
-    for key in branch:
+    assert set(branch) == {"densenet_logits", "embedding", "denseblock4"}
+    for key in ("densenet_logits", "embedding"):
         torch.testing.assert_close(branch[key], full[key])
+    torch.testing.assert_close(branch["denseblock4"].mean(dim=(2, 3)), full["embedding"])
 
 
 @pytest.mark.parametrize(
@@ -209,7 +210,7 @@ PAPER_PARAMETERS = {
 def test_paper_model_has_the_papers_shapes_at_320x256() -> None:
     # Shapes only: the meta device runs the graph without computing anything.
     with torch.device("meta"):
-        model = build_model("paper")
+        model = build_model("paper", pretrained=False)
     assert isinstance(model, DualEncoderUNet)
     seen: dict[str, tuple[int, ...]] = {}
 

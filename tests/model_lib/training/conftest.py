@@ -51,8 +51,10 @@ class ToyNet(nn.Module):
         self.classifier = classifier
 
     def forward_densenet(self, x: Tensor) -> dict[str, Tensor]:
-        pooled = self.densenet(x).mean(dim=(2, 3))
-        return {"densenet_logits": self.densenet_head(pooled), "embedding": pooled}
+        deep = self.densenet(x)
+        pooled = deep.mean(dim=(2, 3))
+        return {"densenet_logits": self.densenet_head(pooled), "embedding": pooled,
+                "denseblock4": deep}  # fmt: skip
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         deep = self.densenet(x)

@@ -55,11 +55,14 @@ SEED = 7
 
 
 def specs() -> list[StageSpec]:
-    """Stage 1a's triplet loss (gathered over ranks), 1b's CE through the DenseNet branch's
-    batch norms, 2's KL; lr_patience 0 drops the LR (and reloads best.pt) on a worse epoch."""
+    """Stage 1a's triplet loss (gathered over ranks) on pooled features, then on the maps (the
+    authors' form), 1b's CE through the DenseNet branch's batch norms, 2's KL; lr_patience 0
+    drops the LR (and reloads best.pt) on a worse epoch."""
     common: dict[str, Any] = {"batch_size": 8, "max_epochs": 3, "lr": 1e-2, "lr_patience": 0}
+    triplet: dict[str, Any] = {"trains": ("densenet",), "loss": "triplet", "branch": "densenet"}
     return [
-        StageSpec(name="s1a", trains=("densenet",), loss="triplet", branch="densenet", **common),
+        StageSpec(name="s1a", **triplet, **common),
+        StageSpec(name="s1a-map", triplet_features="map", **triplet, **common),
         StageSpec(
             name="s1b",
             trains=("densenet", "densenet_head"),
@@ -244,7 +247,7 @@ def test_a_group_of_one_trains_exactly_as_no_group(tmp_path: Path) -> None:
 
 
 def test_distributed_training_needs_a_shardable_loader(tmp_path: Path) -> None:
-    spec = specs()[2]
+    spec = next(s for s in specs() if s.name == "s2")
     train, val = data()
     batches = list(BatchLoader(train, spec.batch_size))
     with group_of_one(), pytest.raises(TypeError, match="stage s2: list has no shard"):

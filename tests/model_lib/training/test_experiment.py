@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from components.heatmaps import run_heatmaps
 from components.ingest import run_ingest
@@ -341,3 +342,62 @@ def test_the_center_prior_scores_the_same_as_its_own_baseline(
         )
     assert evaluation.classification["auc_macro"] == 0.5  # one constant score for every image
     assert evaluation.to_dict()["cc_vs_center_prior"]["p_value"] > 0.99
+
+
+def test_the_configs_precision_reaches_training(
+    tiny_store: tuple[Path, Path], tmp_path: Path
+) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("fp16 trains on this machine's GPU")
+    cfg = get_preset("ci", ["precision=fp16"])
+    with pytest.raises(ValueError, match="'fp16' needs a CUDA device"):
+        train_experiment(cfg, *tiny_store, tmp_path, progress=False)
+
+
+def test_evaluation_reports_the_configs_split(
+    tiny_store: tuple[Path, Path], ci_config: ExperimentConfig
+) -> None:
+    """The authors report on the validation split (``paper-exact``); ``paper`` on test."""
+    model = build_model(ci_config.model)
+    result = evaluate_experiment(
+        model, ci_config.model_copy(update={"evaluation_split": "val"}), *tiny_store
+    )
+    assert result.split == "val"
+    assert sorted(result.dicom_ids) == sorted(open_split(*tiny_store, "val").dicom_ids)
+    assert evaluate_experiment(model, ci_config, *tiny_store).split == "test"
+
+
+def test_the_authors_choices_train_and_evaluate_end_to_end(
+    tiny_release: Path, tmp_path: Path
+) -> None:
+    """``paper-exact``'s switches on the ci network (fp32: no GPU here): ingest with the crop,
+    raw intensities and the round-robin split, every stage of the authors' list, the report on
+    the validation split."""
+    exact = get_preset("paper-exact")
+    overrides = [
+        f"data.geometry.{k}={getattr(exact.data.geometry, k)}" for k in ("oversize", "intensity")
+    ] + [
+        "data.split.method=authors",
+        "model.input_norm=none",
+        "evaluation_split=val",
+        "precision=fp32",
+        *(f"stages.{name}.max_epochs=1" for name in ("s1a", "s1b", "s2", "s3j")),
+    ]
+    cfg = get_preset("ci", overrides)
+    cfg = cfg.model_copy(update={"stages": tuple(
+        spec.model_copy(update={k: getattr(exact.stage(spec.name), k) for k in (
+            "enabled", "shuffle", "frozen_batchnorm", "triplet_features", "triplet_reduction")})
+        for spec in cfg.stages
+    )})  # fmt: skip
+    store = run_ingest(tiny_release / "egd-cxr", tiny_release / "mimic-cxr", tmp_path / "store",
+                       cfg.data, workers=1, progress=False).store  # fmt: skip
+    manifest = pd.read_parquet(store / "manifest.parquet")
+    assert (manifest["offset_x"] < 0).any(), "the tiny release has a landscape image to crop"
+    maps = run_heatmaps(store, tmp_path / "maps", cfg.data, progress=False).out_dir
+    result = train_experiment(cfg, store, maps, tmp_path / "work", progress=False)
+    assert list(result.stages) == ["s1a", "s1b", "s2", "s3j"]
+    for name, fit in result.stages.items():
+        assert all(math.isfinite(epoch["train_loss"]) for epoch in fit.history), name
+    evaluation = evaluate_experiment(result.model, cfg, store, maps)
+    assert evaluation.split == "val"
+    assert math.isfinite(evaluation.classification["auc_macro"])
