@@ -176,9 +176,8 @@ def supervised_triplet_loss(
         # Direct differences rather than the |a|^2 + |b|^2 - 2ab expansion: exact for close points
         # in high dimension, and the backward pass of cdist gives 0, not NaN, at distance 0.
         dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
-        same = labels[:, None] == labels[None, :]
-        not_self = ~torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
-        valid = (same & not_self)[:, :, None] & ~same[:, None, :]
+        positive, negative = _triplet_masks(labels)
+        valid = positive[:, :, None] & negative[:, None, :]
         hinge = F.relu(dist[:, :, None] - dist[:, None, :] + margin)
         total = torch.where(valid, hinge, torch.zeros_like(hinge)).sum()
         return total if reduction == "sum" else total / valid.sum().clamp_min(1)
@@ -219,13 +218,11 @@ def feature_map_triplet_loss(
     _check_labels(labels, maps.shape[0], "maps")
     with _float32_region(maps):
         x = maps.float()
-        same = labels[:, None] == labels[None, :]
-        not_self = ~torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
+        positive, negative = _triplet_masks(labels)
         total = x.sum() * 0.0
         count = 0
         for anchor in range(x.shape[0]):
-            positives = same[anchor] & not_self[anchor]
-            negatives = ~same[anchor]
+            positives, negatives = positive[anchor], negative[anchor]
             if not (positives.any() and negatives.any()):
                 continue
             # (B, C, h): one distance per channel and row, along the width.
@@ -234,6 +231,13 @@ def feature_map_triplet_loss(
             total = total + hinge.mean(dim=-1).sum()
             count += int(positives.sum()) * int(negatives.sum())
         return total if reduction == "sum" else total / max(count, 1)
+
+
+def _triplet_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, B) masks: ``positive[a, p]`` same class and p != a; ``negative[a, n]`` other class."""
+    same = labels[:, None] == labels[None, :]
+    not_self = ~torch.eye(labels.shape[0], dtype=torch.bool, device=labels.device)
+    return same & not_self, ~same
 
 
 def _check_reduction(reduction: str) -> None:

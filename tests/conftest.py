@@ -47,3 +47,14 @@ def tiny_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("release") / "raw"
     generate_dataset(out, n_images=24, seed=3, scale=0.1)
     return out
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch.hub cache for the test, and no weights mirror from the environment."""
+    from model_lib.models.pretrained import MIRROR_ENV
+
+    home = tmp_path / "torch-home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    return home

@@ -28,17 +28,14 @@ from model_lib.models import WeightsHashMismatch, WeightsUnavailable
 from model_lib.models.pretrained import MIRROR_ENV, RANDOM_INIT, hub_checkpoints_dir
 from model_lib.presets import get_preset
 from tests.components.conftest import Backend
-from tests.model_lib.models.served_weights import densenet121_state, save_like_torchvision
+from tests.model_lib.models.served_weights import (
+    densenet121_state,
+    save_like_torchvision,
+)
+
+pytestmark = pytest.mark.usefixtures("torch_home")  # an empty torch.hub cache
 
 BUCKET = "weights"
-
-
-@pytest.fixture(autouse=True)
-def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "torch-home"
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    monkeypatch.delenv(MIRROR_ENV, raising=False)
-    return home
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from typer.testing import CliRunner
 
 from pipelines.cli import app
+from tests.pipelines.test_cli_data import ingest
 
 runner = CliRunner()
 
@@ -320,14 +321,6 @@ def copy_release(written: tuple[Path, list[Image]], tmp_path: Path) -> Path:
     raw = tmp_path / "raw"
     shutil.copytree(written[0], raw)
     return raw
-
-
-def ingest(raw: Path, out: Path, params: Path):
-    return runner.invoke(
-        app,
-        ["ingest", "--egd-root", str(raw / "egd-cxr"), "--images-root", str(raw / "mimic-cxr"),
-         "--out", str(out), "--params", str(params), "--workers", "1"],
-    )  # fmt: skip
 
 
 def offscreen_rows(path: Path) -> tuple[int, int]:

@@ -43,17 +43,10 @@ from tests.model_lib.models.served_weights import (
     serve_folder,
 )
 
+pytestmark = pytest.mark.usefixtures("torch_home")  # an empty torch.hub cache
+
 REAL_NAME = "densenet121-a639ec97.pth"
 """torchvision's published DenseNet121 file name; no generated file can match its hash."""
-
-
-@pytest.fixture(autouse=True)
-def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty torch.hub cache per test, and no mirror from the environment."""
-    home = tmp_path / "torch-home"
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    monkeypatch.delenv(MIRROR_ENV, raising=False)
-    return home
 
 
 @pytest.fixture(scope="module")
