@@ -44,7 +44,7 @@ def run() -> list[dict]:
             )
             seconds.append(time.perf_counter() - start)
             found = f", found version {summary.trained_as[0]}" if summary.trained_as else ""
-            print(f"  ci pipeline {attempt}: {seconds[-1]:.0f} s ({summary.pipeline_run_id}"
+            print(f"  ci pipeline {attempt}: {seconds[-1]:.0f} s ({summary.pipeline_run_name}"
                   f"{found})", flush=True)  # fmt: skip
     first, second = seconds
     return [

@@ -27,6 +27,9 @@ EXPERIMENT_NAME = "cxr-gaze"
 
 WEIGHTS_SHA256_TAG = "weights_sha256"
 PIPELINE_RUN_ID_TAG = "pipeline_run_id"
+"""The pipeline job's uuid: unique per run, shared by a retried task of the same run."""
+PIPELINE_RUN_NAME_TAG = "pipeline_run_name"
+"""The run's display name in KFP: a label, not unique (two submits may share it)."""
 VALIDATION_STATUS_TAG = "validation_status"
 
 _TRACKING_ENV = "MLFLOW_TRACKING_URI"

@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import mlflow
 import mlflow.artifacts
@@ -44,6 +45,7 @@ from components.registry import (
     EXPERIMENT_NAME,
     MODEL_NAME,
     PIPELINE_RUN_ID_TAG,
+    PIPELINE_RUN_NAME_TAG,
     registered_by,
     registry_client,
     use_tracking_uri,
@@ -135,6 +137,19 @@ def log_artifact_checked(client: MlflowClient, run_id: str, path: Path, tracking
     check_artifact(artifact_uri, sha256_of(path), tracking_uri)
 
 
+def refuse_credentials(uri: str, where: str) -> None:
+    """A URI with a user name or password in it is refused: as a pipeline parameter it would
+    be stored with the run and shown in the KFP UI. Credentials belong in the MLflow Secret
+    (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``)."""
+    parsed = urlsplit(uri)
+    if parsed.username is not None or parsed.password is not None:
+        raise ValueError(
+            f"{where}: the URI carries credentials ({parsed.scheme}://<user>:<password>@...), "
+            "which a pipeline parameter would store with the run; give the bare URI and put "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in the MLflow Secret"
+        )
+
+
 def resolve_tracking_uri(tracking_uri: str = "") -> str:
     """The URI given, else ``MLFLOW_TRACKING_URI``, else the embedded sqlite default."""
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
@@ -193,20 +208,24 @@ def open_pipeline_run(
     tags: Mapping[str, str],
     config: Mapping[str, Any],
     experiment_name: str = EXPERIMENT_NAME,
+    pipeline_run_name: str = "",
 ) -> str:
     """Start (or, for a retried step, find) the parent run of a pipeline run; returns its id.
 
-    ``params`` are logged as run parameters, ``tags`` (lineage) as tags, ``config`` (the resolved
-    experiment config) as the artifact ``config.json``.
+    ``pipeline_run_id`` identifies the run (the KFP job's uuid); ``pipeline_run_name``, its
+    display name, is a label (the MLflow run's name and a tag). ``params`` are logged as run
+    parameters, ``tags`` (lineage) as tags, ``config`` (the resolved experiment config) as the
+    artifact ``config.json``.
     """
     client = registry_client(tracking_uri)
     experiment_id = _experiment_id(client, experiment_name, tracking_uri)
     if (found := find_pipeline_run(tracking_uri, pipeline_run_id, experiment_name)) is not None:
         return found
+    identity = {PIPELINE_RUN_ID_TAG: pipeline_run_id, STEP_TAG: "pipeline"}
+    if pipeline_run_name:
+        identity[PIPELINE_RUN_NAME_TAG] = pipeline_run_name
     run = client.create_run(
-        experiment_id,
-        run_name=pipeline_run_id,
-        tags={**tags, PIPELINE_RUN_ID_TAG: pipeline_run_id, STEP_TAG: "pipeline"},
+        experiment_id, run_name=pipeline_run_name or pipeline_run_id, tags={**tags, **identity}
     )
     run_id = run.info.run_id
     for key, value in params.items():
@@ -228,6 +247,19 @@ def find_pipeline_run(
         client, experiment_name, f"tags.{PIPELINE_RUN_ID_TAG} = '{pipeline_run_id}'"
     )
     return found[0].info.run_id if found else None
+
+
+def find_pipeline_run_named(
+    tracking_uri: str, pipeline_run_name: str, experiment_name: str = EXPERIMENT_NAME
+) -> tuple[str, str] | None:
+    """(MLflow run id, pipeline run id) of the newest pipeline run with that display name."""
+    client = registry_client(tracking_uri)
+    found = _pipeline_runs(
+        client, experiment_name, f"tags.{PIPELINE_RUN_NAME_TAG} = '{pipeline_run_name}'"
+    )
+    if not found:
+        return None
+    return found[0].info.run_id, found[0].data.tags[PIPELINE_RUN_ID_TAG]
 
 
 def _pipeline_runs(client: MlflowClient, experiment_name: str, condition: str) -> list:
@@ -314,6 +346,7 @@ def open_run(
     overrides: list,
     tracking_uri: str,
     pipeline_run_id: str,
+    pipeline_run_name: str,
     retrain: bool,
 ) -> NamedTuple("OpenRunOutputs", [("run_id", str), ("data_version", str), ("trained_as", str)]):
     """Pin the data version (a content digest of the raw release), open the MLflow run, and
@@ -322,8 +355,9 @@ def open_run(
     from components.tracking import open_run_step
 
     return open_run_step(
-        raw_dir, data_rev, preset, overrides, tracking_uri, pipeline_run_id, retrain=retrain
-    )
+        raw_dir, data_rev, preset, overrides, tracking_uri, pipeline_run_id,
+        retrain=retrain, pipeline_run_name=pipeline_run_name,
+    )  # fmt: skip
 
 
 @step_component
@@ -343,8 +377,10 @@ def open_run_step(
     pipeline_run_id: str,
     *,
     retrain: bool = False,
+    pipeline_run_name: str = "",
 ) -> tuple[str, str, str]:
-    """(MLflow run id, data version, version already trained or "") for a pipeline run."""
+    """(MLflow run id, data version, version already trained or "") for a pipeline run
+    (``pipeline_run_id``: the job's uuid; ``pipeline_run_name``: its display name, a label)."""
     from components.pretrained import PRETRAINED_TAG
     from model_lib.data.fingerprint import tree_digest
     from model_lib.models.weights import describe_init
@@ -360,6 +396,7 @@ def open_run_step(
     run_id = open_pipeline_run(
         uri,
         pipeline_run_id=pipeline_run_id,
+        pipeline_run_name=pipeline_run_name,
         params={"preset": preset, "overrides": overrides_json, "raw_dir": raw_dir},
         tags={
             "data_rev": data_rev,

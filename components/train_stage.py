@@ -43,7 +43,26 @@ from model_lib.training.fit import LAST_CHECKPOINT
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_ROOT_ENV = "CXRGAZE_CHECKPOINT_ROOT"
+REQUIRE_GPU_ENV = "CXRGAZE_REQUIRE_GPU"
+"""``true`` (or 1) on the cluster's GPU tasks: no visible GPU is then an error, not a CPU run."""
 _SCRATCH_ROOT = "cxr-gaze-checkpoints"
+
+
+def training_device() -> str:
+    """``cuda`` when torch sees a GPU, else ``cpu``; with ``$CXRGAZE_REQUIRE_GPU=1`` no GPU is a
+    one-line error (a node whose driver is too old for the image's CUDA, a missing device
+    plugin), raised before any data moves. The pipeline sets it on GPU tasks from the pod's
+    label, which kfp.local does not apply."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get(REQUIRE_GPU_ENV, "").lower() in ("1", "true"):
+        raise RuntimeError(
+            f"this step asked for a GPU but torch {torch.__version__} (built for CUDA "
+            f"{torch.version.cuda}) sees none: check that the node's NVIDIA driver supports "
+            f"CUDA {torch.version.cuda} and that the pod got the GPU (nvidia-smi); "
+            f"{REQUIRE_GPU_ENV}=false lets it train on the CPU"
+        )
+    return "cpu"
 
 
 def default_checkpoint_root() -> Path:
@@ -102,6 +121,7 @@ def train_stage_step(
     Checkpoints go to :func:`stage_workdir` under ``checkpoint_root`` (default
     :func:`default_checkpoint_root`), so a rerun of a killed step resumes at the epoch after
     the last one it finished; the folder is deleted when the step succeeds."""
+    device = training_device()
     cfg = get_preset(preset, overrides)
     spec = cfg.stage(stage)
     pretrained_tags: dict[str, str] = {}
@@ -111,7 +131,6 @@ def train_stage_step(
         cfg = cfg.model_copy(update={"model": model_cfg})
         pretrained_tags = pretrained_lineage(model_cfg, weights)
     store, maps = materialize(Path(store)), materialize(Path(maps))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     params = {f"{stage}.{k}": v for k, v in spec.model_dump(mode="json").items()}
     init = None if init_weights is None else Path(init_weights)
     work = stage_workdir(parent_run_id, stage, init, checkpoint_root)

@@ -294,14 +294,33 @@ def compile_(
     ),
     image: Annotated[str, typer.Option(help="Project image every step runs in.")] = "",
     gpus: Gpus = 1,
+    mlflow_secret: Annotated[
+        str,
+        typer.Option(
+            help="Secret in the run's namespace with MLFLOW_TRACKING_URI, "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD."
+        ),
+    ] = "cxr-gaze-mlflow",
+    s3_secret: Annotated[
+        str,
+        typer.Option(
+            help="Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL "
+            "(optional: only --data-remote and s3:// weights need it)."
+        ),
+    ] = "cxr-gaze-s3",
+    gpu_step_timeout: Annotated[
+        int, typer.Option(help="Deadline of each training pod, in seconds.", min=60)
+    ] = 24 * 3600,
 ) -> None:
     """Compile the training pipeline to KFP IR YAML for a Kubeflow Pipelines cluster.
 
     Example: cxrgaze compile -o pipeline.yaml --image registry.example.org/cxr-gaze:0.1.0
     """
-    from pipelines.compile import DEFAULT_IMAGE, compile_pipeline
+    from pipelines.compile import CLUSTER_RETRIES, DEFAULT_IMAGE, compile_pipeline
+    from pipelines.training_pipeline import ClusterOptions
 
-    path = compile_pipeline(out, image or DEFAULT_IMAGE, gpus)
+    options = ClusterOptions(mlflow_secret, s3_secret, gpu_step_timeout)
+    path = compile_pipeline(out, image or DEFAULT_IMAGE, gpus, CLUSTER_RETRIES, options)
     typer.echo(f"wrote {path} (image {image or DEFAULT_IMAGE})")
 
 
@@ -327,6 +346,15 @@ ClusterPolicy = Annotated[
     Path | None, typer.Option(help="Promotion policy YAML; default: the one compiled in.")
 ]
 Experiment = Annotated[str, typer.Option(help="KFP experiment (created when absent).")]
+KfpNamespace = Annotated[
+    str,
+    typer.Option(
+        "--namespace",
+        envvar="KFP_NAMESPACE",
+        help="Profile namespace on a multi-user KFP (pipeline, experiment and runs go there); "
+        "default: the kfp CLI context's, else this pod's own. Single-user KFP ignores it.",
+    ),
+]
 DataRemote = Annotated[
     str, typer.Option(help="s3://bucket/prefix: store and maps pass between steps by URI.")
 ]
@@ -344,9 +372,11 @@ def _cluster_arguments(
     retrain: bool = False,
 ) -> dict:
     """The pipeline's parameters, the preset and overrides checked here rather than in a pod."""
+    from components.tracking import refuse_credentials
     from model_lib.presets import get_preset
 
     get_preset(preset, overrides or [])
+    refuse_credentials(tracking_uri, "--tracking-uri")
     arguments = {
         "raw_dir": raw_dir,
         "preset": preset,
@@ -392,10 +422,13 @@ def submit(
     data_remote: DataRemote = "",
     gpus: Gpus = 1,
     retrain: Retrain = False,
+    namespace: KfpNamespace = "",
 ) -> None:
     """Upload the training pipeline to Kubeflow Pipelines and start one run.
 
     The first upload creates the pipeline; later ones add a version named by time and content.
+    Needs a KFP backend 2.14 or later. The token: KFP_TOKEN, else the projected service-account
+    token at KF_PIPELINES_SA_TOKEN_PATH (in a pod).
 
     Example: KFP_TOKEN=... cxrgaze submit --host https://kubeflow.example.org/pipeline
     --raw-dir /data/egd-cxr-release --image registry.example.org/cxr-gaze:0.1.0 --preset paper
@@ -414,6 +447,7 @@ def submit(
             run_name=run_name or None,
             pipeline_file=pipeline_file,
             gpus=gpus,
+            namespace=namespace or None,
         )
     )
     typer.echo(result.describe())
@@ -439,10 +473,13 @@ def schedule(
     data_remote: DataRemote = "",
     gpus: Gpus = 1,
     retrain: Retrain = False,
+    namespace: KfpNamespace = "",
 ) -> None:
     """Schedule the training pipeline on Kubeflow Pipelines (a recurring run).
 
-    One run at a time, no back-fill of missed slots; scheduling an existing name replaces it.
+    One run at a time, no back-fill of missed slots. Scheduling an existing name replaces it:
+    the new recurring run is created first, then the old one deleted. Backend, token and
+    namespace as for `cxrgaze submit`.
 
     Example: KFP_TOKEN=... cxrgaze schedule --host https://kubeflow.example.org/pipeline
     --raw-dir /data/egd-cxr-release --cron '0 0 3 * * 1' --name weekly-retrain --preset paper
@@ -464,6 +501,7 @@ def schedule(
             experiment=experiment,
             pipeline_file=pipeline_file,
             gpus=gpus,
+            namespace=namespace or None,
         )
     )
     typer.echo(result.describe())

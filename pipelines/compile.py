@@ -11,10 +11,14 @@ from __future__ import annotations
 import re
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from components.kfp_step import PLACEHOLDER_IMAGE
+
+if TYPE_CHECKING:
+    from pipelines.training_pipeline import ClusterOptions
 
 DEFAULT_IMAGE = "ghcr.io/cxr-gaze/cxr-gaze:0.1.0"
 CLUSTER_RETRIES = 2
@@ -25,10 +29,15 @@ _IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 
 
 def compile_pipeline(
-    out: Path, image: str = DEFAULT_IMAGE, gpus: int = 1, retries: int = CLUSTER_RETRIES
+    out: Path,
+    image: str = DEFAULT_IMAGE,
+    gpus: int = 1,
+    retries: int = CLUSTER_RETRIES,
+    options: ClusterOptions | None = None,
 ) -> Path:
     """Write the IR YAML of the training pipeline to ``out`` with every step on ``image``,
-    ``gpus`` GPUs per training step and ``retries`` retries of a failed training step.
+    ``gpus`` GPUs per training step, ``retries`` retries of a failed training step and the
+    cluster ``options`` (Secret names, training deadline; defaults: :class:`ClusterOptions`).
 
     Raises:
         ValueError: ``image`` is not a container image reference, or ``gpus`` < 1.
@@ -37,7 +46,7 @@ def compile_pipeline(
 
     from pipelines.training_pipeline import make_training_pipeline
 
-    training_pipeline = make_training_pipeline(gpus, retries)
+    training_pipeline = make_training_pipeline(gpus, retries, options)
 
     if not _IMAGE_REF.match(image):
         raise ValueError(f"image {image!r} is not a container image reference")

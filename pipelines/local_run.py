@@ -44,9 +44,12 @@ def absolute_tracking_uri(tracking_uri: str) -> str:
 
 @dataclass
 class RunSummary:
-    """What a pipeline run left behind, read back from its outputs and from MLflow."""
+    """What a pipeline run left behind, read back from its outputs and from MLflow.
 
-    pipeline_run_id: str
+    ``pipeline_run_name`` is the run's display name (kfp.local's folder); ``pipeline_run_id`` its
+    job uuid, which MLflow and the registry know it by (None when it never opened a run)."""
+
+    pipeline_run_name: str
     succeeded: bool
     seconds: float
     output_dir: Path
@@ -61,10 +64,11 @@ class RunSummary:
     report: Path | None = None
     log: Path | None = None
     trained_as: tuple[str, str] | None = None
+    pipeline_run_id: str | None = None
 
     def text(self) -> str:
         state = "SUCCEEDED" if self.succeeded else "FAILED"
-        lines = [f"pipeline run {self.pipeline_run_id}: {state} in {self.seconds:.0f} s"]
+        lines = [f"pipeline run {self.pipeline_run_name}: {state} in {self.seconds:.0f} s"]
         if self.test:
             t = self.test
             lines.append(
@@ -185,7 +189,7 @@ def _new_run_dir(root: Path, before: set[str], pipeline_name: str) -> Path | Non
 
 
 def summarise(
-    pipeline_run_id: str, output_dir: Path, tracking_uri: str, succeeded: bool, seconds: float
+    pipeline_run_name: str, output_dir: Path, tracking_uri: str, succeeded: bool, seconds: float
 ) -> RunSummary:
     """Read the run's evaluation and registry state back from its outputs and MLflow."""
     from components.promote import REASONS_TAG
@@ -195,11 +199,13 @@ def summarise(
         registered_by,
         registry_client,
     )
-    from components.tracking import TRAINED_AS_TAG, find_pipeline_run
+    from components.tracking import TRAINED_AS_TAG, find_pipeline_run_named
 
-    summary = RunSummary(pipeline_run_id, succeeded, seconds, output_dir, tracking_uri)
+    summary = RunSummary(pipeline_run_name, succeeded, seconds, output_dir, tracking_uri)
     client = registry_client(tracking_uri)
-    summary.mlflow_run_id = find_pipeline_run(tracking_uri, pipeline_run_id)
+    # kfp.local names the run's folder with its display name; the run's uuid is on the tags.
+    found = find_pipeline_run_named(tracking_uri, pipeline_run_name)
+    summary.mlflow_run_id, summary.pipeline_run_id = found if found else (None, None)
     if summary.mlflow_run_id:
         run = client.get_run(summary.mlflow_run_id)
         summary.mlflow_status = run.info.status
@@ -218,7 +224,8 @@ def summarise(
         # KFP names the HTML artifact without a suffix; browsers want one to render it.
         summary.report = output_dir / "report.html"
         shutil.copyfile(output_dir / "evaluate" / "report", summary.report)
-    version = registered_by(client, MODEL_NAME, pipeline_run_id)
+    run_id = summary.pipeline_run_id
+    version = None if run_id is None else registered_by(client, MODEL_NAME, run_id)
     if version is not None:
         summary.version = str(version.version)
         summary.validation_status = version.tags.get(VALIDATION_STATUS_TAG)
@@ -262,6 +269,7 @@ def run_local(
     from kfp import local
 
     from components.registry import check_reachable
+    from components.tracking import refuse_credentials
     from model_lib.presets import get_preset
     from pipelines.training_pipeline import PIPELINE_NAME, default_policy, training_pipeline
 
@@ -271,6 +279,7 @@ def run_local(
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"{raw_dir}: no raw release there (run `cxrgaze synth` first)")
     get_preset(preset, overrides)  # a bad preset or override fails here, not in a step
+    refuse_credentials(tracking_uri, "tracking URI")
     tracking_uri = absolute_tracking_uri(tracking_uri)
     check_reachable(tracking_uri)
     root = Path(pipeline_root).resolve()

@@ -10,9 +10,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from components.train_stage import REQUIRE_GPU_ENV
 from pipelines.cli import app
 from pipelines.compile import DEFAULT_IMAGE, compile_pipeline
-from pipelines.training_pipeline import TRAIN_STAGES
+from pipelines.training_pipeline import (
+    GPU_LABEL,
+    MLFLOW_SECRET_KEYS,
+    S3_SECRET_KEYS,
+    TRAIN_STAGES,
+    ClusterOptions,
+)
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "training_pipeline.yaml"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -116,8 +123,26 @@ def test_exit_handler_closes_the_mlflow_run(ir: tuple[dict, dict]) -> None:
         "taskFinalStatus": {"producerTask": "exit-handler-1"}
     }
     assert close["inputs"]["parameters"]["pipeline_run_id"]["runtimeValue"]["constant"] == (
-        "{{$.pipeline_job_name}}"
+        "{{$.pipeline_job_uuid}}"
     )
+
+
+def test_the_run_is_identified_by_the_job_uuid_and_labelled_by_its_name(
+    ir: tuple[dict, dict],
+) -> None:
+    """A display name is not unique (two submits may share it): MLflow's parent run, the
+    registration and the checkpoints key on the job's uuid."""
+    spec, _ = ir
+    handler = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    opened = handler["open-run"]["inputs"]["parameters"]
+    assert opened["pipeline_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert opened["pipeline_run_name"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
+    register = body_tasks(spec)["register"]["inputs"]["parameters"]
+    assert register["pipeline_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    text = yaml.safe_dump(spec)
+    assert "{{$.pipeline_job_name}}" in text
+    uses = [line for line in text.splitlines() if "pipeline_job_name" in line]
+    assert len(uses) == 1, uses
 
 
 def test_caching_only_for_pure_data_steps(ir: tuple[dict, dict]) -> None:
@@ -148,8 +173,15 @@ def test_gpu_requests_and_kubernetes_settings(ir: tuple[dict, dict]) -> None:
         assert resources["accelerator"]["resourceCount"] == "1"
         assert resources["resourceMemoryLimit"] == "32G"
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert set(k8s) == gpu
-    for settings in k8s.values():
+    for name in gpu:
+        settings = k8s[name]
+        # A deadline, and no GPU seen is an error: the variable comes from the pod's label
+        # (downward API), which kfp.local does not apply.
+        assert settings["activeDeadlineSeconds"] == str(24 * 3600)
+        assert settings["podMetadata"]["labels"] == {GPU_LABEL: "true"}
+        assert settings["fieldPathAsEnv"] == [
+            {"name": REQUIRE_GPU_ENV, "fieldPath": f"metadata.labels['{GPU_LABEL}']"}
+        ]
         assert settings["emptyDirMounts"] == [
             {"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "8Gi", "volumeName": "dshm"}
         ]
@@ -234,3 +266,80 @@ def test_cli_compile_rejects_a_bad_image(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "not a container image reference" in result.output
     assert not out.exists()
+
+
+def _inputs(spec: dict, executor: str) -> set[str]:
+    """Parameter and artifact input names of the component an executor runs."""
+    component = spec["components"][f"comp-{executor.removeprefix('exec-')}"]
+    definitions = component.get("inputDefinitions", {})
+    return set(definitions.get("parameters", {})) | set(definitions.get("artifacts", {}))
+
+
+def _secrets(platform: dict) -> dict[str, dict[str, tuple[list[str], bool]]]:
+    """Per executor: {secret name: (environment variables, optional)}."""
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    return {
+        name: {
+            s["secretName"]: ([e["envVar"] for e in s["keyToEnv"]], s.get("optional", False))
+            for s in settings.get("secretAsEnv", [])
+        }
+        for name, settings in k8s.items()
+    }
+
+
+def test_every_step_that_talks_to_mlflow_or_s3_gets_its_secret(ir: tuple[dict, dict]) -> None:
+    """MLflow's address and credentials reach every step with a tracking_uri input; S3 keys
+    (optional: runs without --data-remote need none) every step that reads data."""
+    spec, platform = ir
+    secrets = _secrets(platform)
+    for executor in spec["deploymentSpec"]["executors"]:
+        inputs = _inputs(spec, executor)
+        got = secrets.get(executor, {})
+        if "tracking_uri" in inputs:
+            assert got.get("cxr-gaze-mlflow") == (list(MLFLOW_SECRET_KEYS), False), executor
+        else:
+            assert "cxr-gaze-mlflow" not in got, executor
+        if inputs & {"store", "data_remote", "maps"}:
+            assert got.get("cxr-gaze-s3") == (list(S3_SECRET_KEYS), True), executor
+    assert len([e for e in secrets.values() if "cxr-gaze-mlflow" in e]) >= 8
+
+
+def test_every_step_requests_cpu_and_memory(ir: tuple[dict, dict]) -> None:
+    spec, _ = ir
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        resources = executor["container"].get("resources", {})
+        assert {"resourceCpuRequest", "resourceMemoryRequest", "resourceMemoryLimit"} <= set(
+            resources
+        ), name
+
+
+def test_no_credential_reaches_the_ir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials in the compiling machine's environment stay there: the IR names Secrets."""
+    planted = {key: f"planted-{key.lower()}-7f3a" for key in (*MLFLOW_SECRET_KEYS, *S3_SECRET_KEYS)}
+    for key, value in planted.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "p.yaml"
+    args = [
+        "--mlflow-secret",
+        "team-mlflow",
+        "--s3-secret",
+        "team-s3",
+        "--gpu-step-timeout",
+        "7200",
+    ]
+    result = CliRunner().invoke(app, ["compile", "-o", str(out), *args])
+    assert result.exit_code == 0, result.output
+    text = out.read_text(encoding="utf-8")
+    assert not [v for v in planted.values() if v in text]
+    _, platform = yaml.safe_load_all(text)
+    names = {n for e in _secrets(platform).values() for n in e}
+    assert names == {"team-mlflow", "team-s3"}
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert {s.get("activeDeadlineSeconds") for s in k8s.values()} >= {"7200"}
+
+
+def test_cluster_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="not a Kubernetes object name"):
+        ClusterOptions(mlflow_secret="Team_MLflow")
+    with pytest.raises(ValueError, match="at least 60"):
+        ClusterOptions(gpu_step_timeout_s=5)

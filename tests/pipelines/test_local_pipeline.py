@@ -140,7 +140,9 @@ def test_parent_run_with_a_nested_run_per_step(ci_run: RunSummary, client: Mlflo
 def test_version_lineage(ci_run: RunSummary, client: MlflowClient) -> None:
     version = client.get_model_version(MODEL_NAME, ci_run.version)
     tags = version.tags
-    assert tags["pipeline_run_id"] == ci_run.pipeline_run_id
+    # The run is known by its job uuid; its display name (kfp.local's folder) is a label.
+    assert tags["pipeline_run_id"] == ci_run.pipeline_run_id != ci_run.pipeline_run_name
+    assert ci_run.output_dir.name == ci_run.pipeline_run_name
     assert tags["data_rev"] == "v-test"
     assert tags["preset"] == "ci"
     assert tags["git_sha"] and tags["git_sha"] != "unknown"
