@@ -23,12 +23,23 @@ K8S = ROOT / "k8s"
 README = K8S / "README.md"
 CHECKOV = ROOT / ".venv-tools" / "bin" / "checkov"
 CHECKOV_CONFIG = K8S / ".checkov.yaml"
-OVERLAYS = ("dev", "prod")
+OVERLAYS = ("dev", "prod", "prod-multi-user")
+MULTI_USER = "prod-multi-user"
+"""The overlay for a multi-user Kubeflow Pipelines (components/kfp-multi-user)."""
 NAMESPACE = "cxr-gaze"
 KUBERNETES_VERSION = "1.31"
 """The oldest cluster version the manifests target; the schema check uses it."""
 PIPELINE_NAMESPACE = "kubeflow"
 KFP_POD_LABEL = {"pipelines.kubeflow.org/v2_component": "true"}
+KFP_TOKEN_DIR = "/var/run/secrets/kubeflow/pipelines"
+"""Where kfp's ServiceAccountTokenVolumeCredentials looks by default (file ``token``)."""
+KFP_AUDIENCE = "pipelines.kubeflow.org"
+"""The audience the KFP API server's TokenReview asks for (its default TOKEN_REVIEW_AUDIENCE)."""
+SERVE = "cxr-gaze-serve"
+"""The model server's Deployment, Service, ConfigMap, NetworkPolicy and app label."""
+SERVE_CLIENTS = {"namespaceSelector": {"matchLabels": {"cxr-gaze.io/serve-client": "true"}}}
+"""The peer the model server's NetworkPolicy admits (namespaces labelled by the operator)."""
+CHAMPION = "models:/cxr-gaze@champion"
 
 POD_TEMPLATE_PATHS = {
     "Deployment": ("spec", "template"),
@@ -208,11 +219,23 @@ def test_the_schema_check_rejects_an_unknown_field() -> None:
         kubernetes_validate.validate(service, KUBERNETES_VERSION, strict=True)
 
 
+def profile_bindings(docs: tuple[Doc, ...]) -> list[Doc]:
+    """The RoleBindings that give the submit job KFP rights in a profile namespace."""
+    return [
+        d
+        for d in docs
+        if d["kind"] == "RoleBinding" and d["roleRef"]["name"] == "kubeflow-pipelines-edit"
+    ]
+
+
 def test_namespaced_objects_live_in_the_project_namespace(docs: tuple[Doc, ...]) -> None:
+    """Except the multi-user profile's RoleBinding, which lives in that profile."""
     outside = [
         ref(d)
         for d in docs
-        if d["kind"] not in CLUSTER_SCOPED and d["metadata"].get("namespace") != NAMESPACE
+        if d["kind"] not in CLUSTER_SCOPED
+        and d["metadata"].get("namespace") != NAMESPACE
+        and d not in profile_bindings(docs)
     ]
     assert not outside
     assert not [ref(d) for d in docs if d["kind"] in CLUSTER_SCOPED - {"Namespace"}]
@@ -341,6 +364,135 @@ def test_mlflow_sits_behind_the_auth_proxy(docs: tuple[Doc, ...]) -> None:
     assert f"listen {proxy_port};" in nginx
 
 
+def serve_containers(docs: tuple[Doc, ...]) -> tuple[Doc, Doc, Doc]:
+    """(pod spec, server container, proxy container) of the model server."""
+    spec = by_kind(docs, "Deployment")[SERVE]["spec"]["template"]["spec"]
+    by_name = {c["name"]: c for c in spec["containers"]}
+    assert set(by_name) == {"serve", "auth-proxy"}
+    return spec, by_name["serve"], by_name["auth-proxy"]
+
+
+def test_the_model_server_runs_cxrgaze_serve_of_the_configured_model(
+    docs: tuple[Doc, ...],
+) -> None:
+    _, server, _ = serve_containers(docs)
+    assert server["image"] == "ghcr.io/cxr-gaze/cxr-gaze:0.1.0"
+    argv = [*server["command"], *server["args"]]
+    assert argv[:2] == ["cxrgaze", "serve"]
+    options = dict(zip(argv[2::2], argv[3::2], strict=True))
+    assert options["--model"] == "$(MODEL_URI)"
+    assert options["--port"] == str(server["ports"][0]["containerPort"])
+    assert options["--host"] == "0.0.0.0"  # the proxy and the kubelet's probes reach it
+    env = {v["name"]: v for v in server["env"]}
+    settings = by_kind(docs, "ConfigMap")[SERVE]["data"]
+    for name in ("MODEL_URI", "MLFLOW_TRACKING_URI", "MAX_BODY_MB"):
+        assert env[name]["valueFrom"]["configMapKeyRef"] == {"name": SERVE, "key": name}
+    assert settings["MODEL_URI"] == CHAMPION
+    assert settings["MLFLOW_TRACKING_URI"] == "http://mlflow.cxr-gaze.svc.cluster.local:5000"
+    assert options["--max-body-mb"] == "$(MAX_BODY_MB)"
+
+
+def test_the_model_server_reads_registry_credentials_only_from_the_secret(
+    docs: tuple[Doc, ...],
+) -> None:
+    """The Secret and keys the pipeline steps read; nothing secret is written in a manifest."""
+    _, server, _ = serve_containers(docs)
+    env = {v["name"]: v for v in server["env"]}
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert "value" not in env[key]
+        assert env[key]["valueFrom"] == {"secretKeyRef": {"name": "cxr-gaze-mlflow", "key": key}}
+    assert not server.get("envFrom")
+    literal = {v["name"] for v in server["env"] if "value" in v}
+    assert not {n for n in literal if re.search("PASSWORD|TOKEN|SECRET|USER|KEY", n)}
+    assert "@" not in by_kind(docs, "ConfigMap")[SERVE]["data"]["MLFLOW_TRACKING_URI"]
+
+
+def test_the_model_server_is_probed_on_health_and_locked_down(docs: tuple[Doc, ...]) -> None:
+    spec, server, proxy = serve_containers(docs)
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert server[probe]["httpGet"] == {"path": "/health", "port": "serve"}
+    # Ready only when the whole path answers: the proxy's readiness goes through to /health.
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert spec["automountServiceAccountToken"] is False
+    for container in (server, proxy):
+        ctx = container["securityContext"]
+        assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == 10001
+        assert ctx["readOnlyRootFilesystem"] is True
+        assert ctx["allowPrivilegeEscalation"] is False
+        assert ctx["capabilities"] == {"drop": ["ALL"]}
+    # Writable paths are emptyDirs: the model download and torch's cache under /tmp.
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for container in (server, proxy):
+        (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+        assert "emptyDir" in volumes[tmp["name"]]
+    assert {"name": "HOME", "value": "/tmp"} in server["env"]
+
+
+def test_the_model_server_sits_behind_its_own_auth_proxy(docs: tuple[Doc, ...]) -> None:
+    spec, server, proxy = serve_containers(docs)
+    proxy_port = proxy["ports"][0]["containerPort"]
+    service = by_kind(docs, "Service")[SERVE]
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [proxy["ports"][0]["name"]]
+    policy = by_kind(docs, "NetworkPolicy")[SERVE]
+    assert matches(policy["spec"]["podSelector"], spec_labels(docs))
+    ports = [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]]
+    assert ports == [proxy_port]  # not the server's own port
+    htpasswd = next(v for v in spec["volumes"] if v["name"] == "htpasswd")
+    assert htpasswd["secret"]["secretName"] == "serve-basic-auth"  # not MLflow's users
+    nginx = by_kind(docs, "ConfigMap")["cxr-gaze-serve-auth-proxy"]["data"]["nginx.conf"]
+    assert "auth_basic_user_file /etc/nginx/auth/htpasswd;" in nginx
+    assert f"listen {proxy_port};" in nginx
+    assert f"proxy_pass http://127.0.0.1:{server['ports'][0]['containerPort']};" in nginx
+    # The proxy's body cap stays above the server's, which answers with its own JSON 413.
+    cap_mb = int(re.search(r"client_max_body_size (\d+)m;", nginx).group(1))
+    assert cap_mb > float(by_kind(docs, "ConfigMap")[SERVE]["data"]["MAX_BODY_MB"])
+
+
+def spec_labels(docs: tuple[Doc, ...]) -> Doc:
+    return by_kind(docs, "Deployment")[SERVE]["spec"]["template"]["metadata"]["labels"]
+
+
+def test_mlflow_admits_the_model_server(docs: tuple[Doc, ...]) -> None:
+    policy = by_kind(docs, "NetworkPolicy")["mlflow"]
+    proxy_port = next(
+        c
+        for c in by_kind(docs, "Deployment")["mlflow"]["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "auth-proxy"
+    )["ports"][0]["containerPort"]
+    admitting = [
+        rule
+        for rule in policy["spec"]["ingress"]
+        for peer in rule["from"]
+        if "namespaceSelector" not in peer and matches(peer["podSelector"], spec_labels(docs))
+    ]
+    assert admitting and all(
+        [p["port"] for p in rule["ports"]] == [proxy_port] for rule in admitting
+    )
+
+
+def test_the_model_server_replicas_and_disruption_budget(
+    docs: tuple[Doc, ...], overlay: str
+) -> None:
+    deployment = by_kind(docs, "Deployment")[SERVE]
+    budgets = by_kind(docs, "PodDisruptionBudget")
+    # A rollout after a promotion keeps every ready server until its replacement is ready.
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    if overlay == "dev":
+        assert deployment["spec"]["replicas"] == 1
+        assert SERVE not in budgets
+    else:
+        assert deployment["spec"]["replicas"] == 2
+        budget = budgets[SERVE]["spec"]
+        assert budget["minAvailable"] == 1
+        assert matches(budget["selector"], spec_labels(docs))
+
+
+def test_the_readme_says_how_to_roll_the_servers_after_a_promotion() -> None:
+    readme = README.read_text(encoding="utf-8")
+    assert "## Serving the champion" in readme
+    assert f"kubectl -n {NAMESPACE} rollout restart deployment/{SERVE}" in readme
+
+
 def test_postgres_keeps_its_data_and_is_backed_up(docs: tuple[Doc, ...]) -> None:
     statefulset = by_kind(docs, "StatefulSet")["postgres"]
     claims = statefulset["spec"]["volumeClaimTemplates"]
@@ -363,12 +515,76 @@ def test_retraining_is_submitted_weekly(docs: tuple[Doc, ...], overlay: str) -> 
     assert container["image"] == "ghcr.io/cxr-gaze/cxr-gaze:0.1.0"
     argv = [*container["command"], *container["args"]]
     assert argv[:4] == ["cxrgaze", "submit", "--host", "$(KFP_HOST)"]
-    token = next(v for v in container["env"] if v["name"] == "KFP_TOKEN")
-    assert token["valueFrom"]["secretKeyRef"] == {"name": "kfp-credentials", "key": "token"}
+    env = {v["name"]: v for v in container["env"]}
+    if overlay == MULTI_USER:
+        assert "KFP_TOKEN" not in env  # it would be sent instead of the ServiceAccount's token
+    else:
+        # Optional: without the Secret the job falls back to its ServiceAccount's token.
+        assert env["KFP_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": "kfp-credentials",
+            "key": "token",
+            "optional": True,
+        }
     # The steps run in the same project image as the job that submits them.
     settings = by_kind(docs, "ConfigMap")["retrain"]["data"]
     assert settings["STEP_IMAGE"] == container["image"]
     assert argv[argv.index("--image") + 1] == "$(STEP_IMAGE)"
+
+
+def test_only_the_retrain_job_holds_a_token_and_only_the_kfp_api_accepts_it(
+    docs: tuple[Doc, ...],
+) -> None:
+    """A projected ServiceAccount token for audience pipelines.kubeflow.org, where kfp's
+    ServiceAccountTokenVolumeCredentials reads it: the Kubernetes API refuses it."""
+    holders = {}
+    for workload, template in pod_templates(docs):
+        for volume in template["spec"].get("volumes", []):
+            for source in volume.get("projected", {}).get("sources", []):
+                if "serviceAccountToken" in source:
+                    holders[ref(workload)] = (template["spec"], volume, source)
+    assert list(holders) == ["CronJob/retrain"]
+    spec, volume, source = holders["CronJob/retrain"]
+    token = source["serviceAccountToken"]
+    assert token["audience"] == KFP_AUDIENCE
+    assert 600 <= token["expirationSeconds"] <= 3600
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["serviceAccountName"] == "cxr-gaze-pipeline"
+    (container,) = spec["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount == {"name": volume["name"], "mountPath": KFP_TOKEN_DIR, "readOnly": True}
+    env = {v["name"]: v.get("value") for v in container["env"]}
+    assert env["KF_PIPELINES_SA_TOKEN_PATH"] == f"{KFP_TOKEN_DIR}/{token['path']}"
+
+
+def test_multi_user_grants_kfp_edit_in_the_profile_namespace_only() -> None:
+    docs = render(MULTI_USER)
+    settings = by_kind(docs, "ConfigMap")["retrain"]["data"]
+    profile = settings["KFP_NAMESPACE"]
+    assert profile and profile != NAMESPACE
+    (binding,) = profile_bindings(docs)
+    assert binding["metadata"]["namespace"] == profile  # carried over by the replacement
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "kubeflow-pipelines-edit",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "cxr-gaze-pipeline", "namespace": NAMESPACE}
+    ]
+    # The job asks for that namespace (`cxrgaze submit` reads KFP_NAMESPACE).
+    cronjob = by_kind(docs, "CronJob")["retrain"]
+    (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    env = {v["name"]: v for v in container["env"]}
+    assert env["KFP_NAMESPACE"]["valueFrom"]["configMapKeyRef"] == {
+        "name": "retrain",
+        "key": "KFP_NAMESPACE",
+    }
+    assert settings["KFP_HOST"].startswith("http://ml-pipeline-ui.kubeflow.")
+    # Nothing else differs from prod but the job's settings and the binding.
+    prod = {ref(d) for d in render("prod")}
+    assert {ref(d) for d in docs} - prod == {"RoleBinding/cxr-gaze-pipeline-kfp-edit"}
+    for overlay in ("dev", "prod"):
+        assert not profile_bindings(render(overlay))
 
 
 def test_pipeline_role_is_least_privilege(docs: tuple[Doc, ...]) -> None:
@@ -436,7 +652,10 @@ def test_network_policies_let_in_only_the_named_clients(
 ) -> None:
     policies = by_kind(docs, "NetworkPolicy")
     mlflow, postgres = policies["mlflow"], policies["postgres"]
-    assert all(pipeline_peer(p) for p in peers(mlflow)) and peers(mlflow)
+    assert sum(pipeline_peer(p) for p in peers(mlflow)) == 1
+    assert local_apps(mlflow) == {SERVE}  # the model server loads its model from the registry
+    assert len(peers(mlflow)) == 2
+    assert peers(policies[SERVE]) == [SERVE_CLIENTS]
     assert local_apps(postgres) == {"mlflow", "postgres-backup"}
     assert len(peers(postgres)) == 2
     if overlay == "dev":
