@@ -1,4 +1,5 @@
-"""Evaluate step: score the trained model on the test split, next to its baselines (center
+"""Evaluate step: score the trained model on the evaluation split (test; ``val`` for the
+authors' choice, ``evaluation_split``), next to its baselines (center
 prior, Grad-CAM, MT-UNet when one is given), check the promotion floors, and write the report.
 
 Outputs: the summary (JSON), the self-contained HTML report (:mod:`components.report`), KFP
@@ -179,7 +180,8 @@ def evaluate_step(
     parent_run_id: str,
     mtunet_weights: Path | None = None,
 ) -> EvaluationOutcome:
-    """Evaluate the weights on the test split next to the baselines (center prior, Grad-CAM of
+    """Evaluate the weights on the preset's evaluation split (metrics logged as ``<split>/...``)
+    next to the baselines (center prior, Grad-CAM of
     the model's DenseNet classifier, MT-UNet when ``mtunet_weights`` are given); write the
     summary (JSON) and the report (HTML) and log both, with the metrics, to the nested run
     ``evaluate``. The report's training curves and lineage come from the parent run."""
@@ -229,14 +231,16 @@ def evaluate_step(
     _write_atomic(Path(report_path), page)
     outcome = EvaluationOutcome(summary, floors, result.probs, result.labels)
     with step_run(uri, parent_run_id, "evaluate"):
-        mlflow.log_metrics({f"test/{k}": v for k, v in flatten_metrics(summary).items()})
-        mlflow.log_metrics({f"test/{k}": v for k, v in outcome.headline.items()})
+        split = result.split
+        mlflow.log_metrics({f"{split}/{k}": v for k, v in flatten_metrics(summary).items()})
+        mlflow.log_metrics({f"{split}/{k}": v for k, v in outcome.headline.items()})
         mlflow.set_tag("passed_floors", str(floors.approved).lower())
         mlflow.log_text(summary_text, "evaluation/evaluation.json")
         mlflow.log_text(page, "evaluation/report.html")
     logger.info(
-        "test: macro AUC %.3f, mean CC %.3f (center prior %.3f), ECE %.3f; floors %s; "
+        "%s: macro AUC %.3f, mean CC %.3f (center prior %.3f), ECE %.3f; floors %s; "
         "report %s (%d kB)",
+        result.split,
         outcome.headline["auc_macro"],
         outcome.headline["cc_mean"],
         outcome.headline["center_prior_cc_mean"],
@@ -280,7 +284,7 @@ def evaluate(
     report: Output[HTML],
     summary: Output[Artifact],
 ) -> NamedTuple("EvaluateOutputs", [("passed_floors", bool), ("floor_reasons", str)]):
-    """Test-split metrics, center-prior comparison, floor checks and the HTML report."""
+    """Evaluation-split metrics, center-prior comparison, floor checks and the HTML report."""
     from components.evaluate import evaluate_step, publish_evaluation
 
     outcome = evaluate_step(

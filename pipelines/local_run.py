@@ -65,6 +65,8 @@ class RunSummary:
     log: Path | None = None
     trained_as: tuple[str, str] | None = None
     pipeline_run_id: str | None = None
+    split: str = "test"
+    """The split ``test`` holds the metrics of (``val`` under the authors' evaluation choice)."""
 
     def text(self) -> str:
         state = "SUCCEEDED" if self.succeeded else "FAILED"
@@ -72,7 +74,8 @@ class RunSummary:
         if self.test:
             t = self.test
             lines.append(
-                f"  test split: macro AUC {t['auc_macro']:.3f}, accuracy {t['accuracy']:.3f}, "
+                f"  {self.split} split: macro AUC {t['auc_macro']:.3f}, "
+                f"accuracy {t['accuracy']:.3f}, "
                 f"mean CC {t['cc_mean']:.3f} (center prior {t['center_prior_cc_mean']:.3f})"
             )
         if self.trained_as is not None:
@@ -214,6 +217,7 @@ def summarise(
     evaluation = output_dir / "evaluate" / "summary"
     if evaluation.is_file():
         raw = json.loads(evaluation.read_text(encoding="utf-8"))
+        summary.split = raw.get("split", "test")
         summary.test = {
             "auc_macro": raw["classification"]["auc_macro"],
             "accuracy": raw["classification"]["accuracy"],
