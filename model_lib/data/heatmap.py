@@ -194,7 +194,8 @@ def gaze_heatmap(
 
     Matches the native recipe (counts at native pixels, Gaussian of ``sigma_px`` native pixels cut
     at ``kernel_radius(sigma_px)``, reflect-101 at the image edges, zero padding, geometry of
-    ``CanvasTransform.build(native_hw, out_hw, pad_to)``) to a Pearson CC above 0.999.
+    ``CanvasTransform.build(native_hw, out_hw, pad_to, oversize=oversize)``) to a Pearson CC
+    above 0.999.
 
     Args:
         points_xy: (N, 2) native pixel coordinates (x = column, y = row). Each point counts at

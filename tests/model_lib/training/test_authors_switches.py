@@ -121,7 +121,7 @@ def test_frozen_batchnorm_mode(
 
 def _first_batch_ids(spec: StageSpec, train: SplitArrays, val: SplitArrays) -> list[int]:
     loader, _ = split_loaders(train, val, seed=0)(spec)
-    loader.set_epoch(1) if hasattr(loader, "set_epoch") else None
+    loader.set_epoch(1)
     return next(iter(loader))["index"].tolist()
 
 
